@@ -1,0 +1,172 @@
+"""Prefix tuning and its cross-attention relatives inside the backbone's own attention.
+
+transformers 5 routes every attention of BERT, RoBERTa, T5 and BART through a registry of attention
+functions chosen by `config._attn_implementation`. We register one more function that, for modules
+carrying a prefix, attends over the prefix keys/values as well (He et al.'s options: `concat`,
+`cross_attn`, `cross_attn_noln`, `cross_attn_relu`, composed by `add` or `gate_add`), and defers to
+the original implementation everywhere else. MPNet computes attention by hand, so its attention
+forward is replaced by a short equivalent that calls the same function.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+IMPLEMENTATION = "unipetl_prefix"
+PREFIX_ATTR = "_unipetl_prefix"
+FALLBACK_ATTR = "_unipetl_fallback"
+
+
+class PrefixSite(nn.Module):
+    """The prefix of one attention module: where its keys/values come from and how they compose."""
+
+    def __init__(self, source: nn.Module, index: int, option: str, composition: str, hidden: int,
+                 query_proj: nn.Module | None = None, capture=None):
+        super().__init__()
+        # The source (shared by all sites of a stack) is owned by PetlModel.methods and the query
+        # projection by the backbone: referenced here, not registered, so each is stored once.
+        object.__setattr__(self, "source", source)  # source.site_prefix(index) -> (l, 2d)
+        object.__setattr__(self, "query_proj", query_proj)
+        self.index, self.option, self.composition = index, option, composition
+        # cross_attn and cross_attn_relu read their query from a new LayerNorm of the attention input.
+        self.query_ln = nn.LayerNorm(hidden) if option in ("cross_attn", "cross_attn_relu") else None
+        self.capture = capture  # InputCapture on the attention module, for those options
+
+    def key_value(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype):
+        prefix = self.source.site_prefix(self.index).to(dtype)  # (l, 2d)
+        length = prefix.shape[0]
+        keys, values = prefix.split(heads * head_dim, dim=-1)
+        shape = (1, length, heads, head_dim)
+        keys = keys.reshape(shape).transpose(1, 2).expand(batch, -1, -1, -1)
+        values = values.reshape(shape).transpose(1, 2).expand(batch, -1, -1, -1)
+        return keys, values
+
+    def separate_query(self, heads: int, head_dim: int) -> torch.Tensor:
+        x = self.query_ln(self.capture.value)
+        q = self.query_proj(x)
+        return q.view(*q.shape[:-1], heads, head_dim).transpose(1, 2)
+
+
+def _token_bias(module, query, key, attention_mask, position_bias, is_causal):
+    """Additive float bias over the token keys: padding/causal mask plus T5's position bias."""
+    q_len, k_len = query.shape[2], key.shape[2]
+    bias = None
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            bias = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
+            bias = bias.masked_fill(~attention_mask, torch.finfo(query.dtype).min)
+        else:
+            bias = attention_mask.to(query.dtype)
+        bias = bias[..., :k_len]
+    elif q_len > 1 and (is_causal if is_causal is not None else getattr(module, "is_causal", False)):
+        # Bottom-right aligned causal mask (query i sees keys up to its own position).
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+        bias = torch.zeros(q_len, k_len, dtype=query.dtype, device=query.device).masked_fill(
+            ~allowed, torch.finfo(query.dtype).min)[None, None]
+    if position_bias is not None:
+        position_bias = position_bias[..., -q_len:, :k_len].to(query.dtype)
+        bias = position_bias if bias is None else bias + position_bias
+    return bias
+
+
+def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                     position_bias=None, **kwargs):
+    site: PrefixSite | None = getattr(module, PREFIX_ATTR, None)
+    if site is None:
+        fallback = ALL_ATTENTION_FUNCTIONS.get(getattr(module, FALLBACK_ATTR, "sdpa"))
+        if position_bias is not None:
+            kwargs["position_bias"] = position_bias
+        if is_causal is not None:
+            kwargs["is_causal"] = is_causal
+        return fallback(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+    batch, heads, q_len, head_dim = query.shape
+    scaling = head_dim ** -0.5 if scaling is None else scaling
+    bias = _token_bias(module, query, key, attention_mask, position_bias, is_causal)
+    prefix_k, prefix_v = site.key_value(batch, heads, head_dim, query.dtype)
+    dropout = dropout if module.training else 0.0
+
+    if site.option == "concat":
+        # Original prefix tuning: one softmax over prefix and token keys (implicitly gated).
+        keys, values = torch.cat([prefix_k, key], dim=2), torch.cat([prefix_v, value], dim=2)
+        if bias is not None:
+            bias = F.pad(bias.expand(batch, -1, q_len, -1), (prefix_k.shape[2], 0))
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias, dropout_p=dropout, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+
+    token_out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=scaling)
+    prefix_query = query if site.option == "cross_attn_noln" else site.separate_query(heads, head_dim)
+    if site.option == "cross_attn_relu":
+        # Multi-head parallel adapter: ReLU instead of softmax, no scaling.
+        delta = torch.matmul(F.relu(torch.matmul(prefix_query, prefix_k.transpose(-1, -2))), prefix_v)
+        return (token_out + delta).transpose(1, 2).contiguous(), None
+
+    prefix_logits = torch.matmul(prefix_query, prefix_k.transpose(-1, -2)) * scaling
+    probs = F.dropout(prefix_logits.softmax(dim=-1), p=dropout, training=module.training)
+    delta = torch.matmul(probs, prefix_v)
+    if site.composition == "add":
+        out = token_out + delta
+    else:
+        # gate_add: lambda = prefix mass / (prefix mass + token mass) of one joint softmax.
+        token_logits = torch.matmul(query, key.transpose(-1, -2)) * scaling
+        if bias is not None:
+            token_logits = token_logits + bias
+        gate = torch.sigmoid(prefix_logits.logsumexp(-1, keepdim=True) - token_logits.logsumexp(-1, keepdim=True))
+        out = (1 - gate) * token_out + gate * delta
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    if IMPLEMENTATION not in ALL_ATTENTION_FUNCTIONS:
+        ALL_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, prefix_attention)
+        # Eager masks are additive floats of the full (query, key) shape: one format to extend.
+        ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, eager_mask)
+
+
+def enable_prefix_attention(model: nn.Module, attention_modules: list[nn.Module], manual: bool) -> str:
+    """Route the model's attention through `prefix_attention`; returns the implementation it replaced."""
+    _register()
+    original = model.config._attn_implementation
+    if original == IMPLEMENTATION:
+        return getattr(model, FALLBACK_ATTR, "sdpa")
+    for module in attention_modules:
+        object.__setattr__(module, FALLBACK_ATTR, original if original in ALL_ATTENTION_FUNCTIONS else "sdpa")
+        if manual:
+            module.forward = types.MethodType(_manual_attention_forward, module)
+    object.__setattr__(model, FALLBACK_ATTR, original)
+    if not manual:
+        model.set_attn_implementation(IMPLEMENTATION)
+    return original
+
+
+def disable_prefix_attention(model: nn.Module, attention_modules: list[nn.Module], original: str,
+                             manual: bool) -> None:
+    for module in attention_modules:
+        for attr in (PREFIX_ATTR, FALLBACK_ATTR):
+            module.__dict__.pop(attr, None)
+        module.__dict__.pop("forward", None)
+    model.__dict__.pop(FALLBACK_ATTR, None)
+    if not manual:
+        model.set_attn_implementation(original)
+
+
+def _manual_attention_forward(self, hidden_states, attention_mask=None, position_bias=None,
+                              output_attentions=False, **kwargs):
+    """MPNet's self-attention (q, k, v, o linears; additive mask plus relative position bias)."""
+    batch, length, _ = hidden_states.shape
+    head_dim = self.attention_head_size
+    shape = (batch, length, -1, head_dim)
+    q = self.q(hidden_states).view(shape).transpose(1, 2)
+    k = self.k(hidden_states).view(shape).transpose(1, 2)
+    v = self.v(hidden_states).view(shape).transpose(1, 2)
+    out, _ = prefix_attention(self, q, k, v, attention_mask, dropout=self.dropout.p,
+                              scaling=1 / math.sqrt(head_dim), is_causal=False, position_bias=position_bias)
+    o = self.o(out.reshape(batch, length, -1))
+    return (o, None) if output_attentions else (o,)

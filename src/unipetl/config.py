@@ -1,0 +1,214 @@
+"""The design-space config of He et al. (ICLR 2022), with the field names of their released options.
+
+A method is a point in this space: where a change attaches (attention or FFN), its functional form
+(adapter, LoRA, prefix, prompt, bias), its insertion form (sequential or parallel) and how it is
+composed (add, gated add, scaled). Validity is declared as data (`_ALLOWED_*` tables) so that every
+refusal can name the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+ATTN_MODES = ("none", "adapter", "lora", "prefix", "prompt_tuning", "bitfit")
+ATTN_OPTIONS = ("none", "sequential", "parallel", "concat", "cross_attn", "cross_attn_noln", "cross_attn_relu")
+ATTN_COMPOSITIONS = ("add", "gate_add")
+FFN_MODES = ("none", "adapter", "lora")
+FFN_OPTIONS = ("none", "sequential", "parallel", "pfeiffer")
+LAYERNORM_OPTIONS = ("in", "out", "none")
+INIT_OPTIONS = ("bert", "lora")
+ADAPTER_ACTIVATIONS = ("relu", "swish", "gelu", "tanh")
+LORA_INITS = ("lora", "bert")
+LEARNABLE_SCALAR = "learnable_scalar"
+
+# Which insertion options each mode accepts (the first is used when the option is left unset).
+_ALLOWED_ATTN_OPTIONS = {
+    "none": ("none",),
+    "adapter": ("sequential", "parallel"),
+    "lora": ("none",),
+    "prefix": ("concat", "cross_attn", "cross_attn_noln", "cross_attn_relu"),
+    "prompt_tuning": ("none",),
+    "bitfit": ("none",),
+}
+_ALLOWED_FFN_OPTIONS = {
+    "none": ("none",),
+    "adapter": ("sequential", "parallel", "pfeiffer"),
+    "lora": ("none",),
+}
+# gate_add needs the softmax-normalised prefix logits that only these options compute.
+_GATE_ADD_OPTIONS = ("cross_attn", "cross_attn_noln")
+
+
+@dataclass
+class PetlConfig:
+    """One point of the unified PETL design space.
+
+    Sizes: ``attn_bn`` is the prefix length / attention-adapter bottleneck / attention LoRA rank /
+    prompt length; ``ffn_bn`` the FFN adapter bottleneck or FFN LoRA rank. A bottleneck of -1 means
+    "hidden size // reduction_factor", resolved on the backbone (the adapter-transformers convention).
+    """
+
+    attn_mode: str = "none"
+    attn_option: str = "none"
+    attn_composition: str = "add"
+    attn_bn: int = -1
+    ffn_mode: str = "none"
+    ffn_option: str = "none"
+    ffn_adapter_layernorm_option: str = "none"
+    ffn_adapter_init_option: str = "bert"
+    ffn_adapter_scalar: float | str = 1.0
+    ffn_bn: int = -1
+    reduction_factor: float | None = None
+    adapter_act: str = "relu"
+    adapter_dropout: float = 0.0
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_init: str = "lora"
+    lora_targets: tuple[str, ...] = ("q", "v")
+    mid_dim: int = 800
+    prefix_dropout: float = 0.0
+    prefix_mlp: bool = True
+    full_finetune: bool = False
+    train_head: bool = True
+    preset: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.lora_targets = tuple(self.lora_targets)
+        self.validate()
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "PetlConfig":
+        from .presets import PRESETS
+
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        values = dict(PRESETS[name]["config"])
+        values["preset"] = name
+        unknown = sorted(set(overrides) - cls.field_names())
+        if unknown:
+            raise ConfigError(
+                f"unknown config field(s) {', '.join(map(repr, unknown))}; valid fields: {', '.join(sorted(cls.field_names()))}"
+            )
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PetlConfig":
+        unknown = sorted(set(values) - cls.field_names())
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {', '.join(map(repr, unknown))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["lora_targets"] = list(self.lora_targets)
+        return out
+
+    def replace(self, **changes: Any) -> "PetlConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        _choice("attn_mode", self.attn_mode, ATTN_MODES)
+        _choice("attn_option", self.attn_option, ATTN_OPTIONS)
+        _choice("attn_composition", self.attn_composition, ATTN_COMPOSITIONS)
+        _choice("ffn_mode", self.ffn_mode, FFN_MODES)
+        _choice("ffn_option", self.ffn_option, FFN_OPTIONS)
+        _choice("ffn_adapter_layernorm_option", self.ffn_adapter_layernorm_option, LAYERNORM_OPTIONS)
+        _choice("ffn_adapter_init_option", self.ffn_adapter_init_option, INIT_OPTIONS)
+        _choice("adapter_act", self.adapter_act, ADAPTER_ACTIVATIONS)
+        _choice("lora_init", self.lora_init, LORA_INITS)
+
+        allowed = _ALLOWED_ATTN_OPTIONS[self.attn_mode]
+        if self.attn_option not in allowed:
+            raise ConfigError(
+                f"attn_option={self.attn_option!r} is impossible with attn_mode={self.attn_mode!r}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        allowed = _ALLOWED_FFN_OPTIONS[self.ffn_mode]
+        if self.ffn_option not in allowed:
+            raise ConfigError(
+                f"ffn_option={self.ffn_option!r} is impossible with ffn_mode={self.ffn_mode!r}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        if self.attn_composition == "gate_add" and self.attn_option not in _GATE_ADD_OPTIONS:
+            raise ConfigError(
+                f"attn_composition='gate_add' needs attn_option in {', '.join(_GATE_ADD_OPTIONS)} "
+                f"(the gate is a softmax over prefix and token logits); got attn_option={self.attn_option!r}"
+            )
+
+        if self.attn_mode != "none" and self.attn_mode != "bitfit":
+            needs_size = self.attn_mode != "adapter" or self.reduction_factor is None
+            if needs_size:
+                _positive_int("attn_bn", self.attn_bn, f"attn_mode={self.attn_mode!r}")
+        if self.ffn_mode != "none":
+            if self.ffn_mode == "lora" or self.reduction_factor is None:
+                _positive_int("ffn_bn", self.ffn_bn, f"ffn_mode={self.ffn_mode!r}")
+        if self.reduction_factor is not None and not (
+            isinstance(self.reduction_factor, (int, float)) and self.reduction_factor > 0
+        ):
+            raise ConfigError(f"reduction_factor={self.reduction_factor!r} must be a positive number or None")
+
+        scalar = self.ffn_adapter_scalar
+        if isinstance(scalar, str) and scalar != LEARNABLE_SCALAR:
+            try:
+                self.ffn_adapter_scalar = float(scalar)
+            except ValueError:
+                raise ConfigError(
+                    f"ffn_adapter_scalar={scalar!r} must be a number or {LEARNABLE_SCALAR!r}"
+                ) from None
+        elif not isinstance(scalar, (int, float, str)) or isinstance(scalar, bool):
+            raise ConfigError(f"ffn_adapter_scalar={scalar!r} must be a number or {LEARNABLE_SCALAR!r}")
+
+        for name in ("lora_dropout", "prefix_dropout", "adapter_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name}={value!r} must be a probability in [0, 1)")
+        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
+            raise ConfigError(f"lora_alpha={self.lora_alpha!r} must be a positive number")
+        if self.attn_mode == "lora":
+            bad = [t for t in self.lora_targets if t not in ("q", "k", "v", "o")]
+            if bad or not self.lora_targets:
+                raise ConfigError(f"lora_targets={list(self.lora_targets)!r} must be a non-empty subset of q, k, v, o")
+        if self.attn_mode == "prefix" and self.prefix_mlp:
+            _positive_int("mid_dim", self.mid_dim, "attn_mode='prefix' with prefix_mlp=True")
+        if self.full_finetune and (self.attn_mode != "none" or self.ffn_mode != "none"):
+            raise ConfigError("full_finetune=True trains every weight; it cannot be combined with attn_mode/ffn_mode")
+
+    # ----------------------------------------------------------------- derived sizes
+    def resolve_bn(self, which: str, hidden_size: int) -> int:
+        """The bottleneck size for ``which`` ('attn' or 'ffn') on a backbone of ``hidden_size``."""
+        value = self.attn_bn if which == "attn" else self.ffn_bn
+        if value > 0:
+            return int(value)
+        if self.reduction_factor is None:
+            raise ConfigError(f"{which}_bn is {value} and reduction_factor is unset: give one of them")
+        return max(1, int(hidden_size // self.reduction_factor))
+
+    @property
+    def is_empty(self) -> bool:
+        return self.attn_mode == "none" and self.ffn_mode == "none" and not self.full_finetune
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not a valid value; allowed: {', '.join(allowed)}")
+
+
+def _positive_int(name: str, value: Any, context: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name}={value!r} must be a positive integer with {context}")

@@ -1,0 +1,146 @@
+"""Functional forms of a change: bottleneck adapter, low-rank update, prefix, prompt, bias delta.
+
+Plain torch modules; nothing here imports transformers. A form never owns its numbers directly: it
+reads them from a *parameter source* (`source.get(name)`), so the same form runs on owned parameters
+(plain adapters, LoRA), on a masked shared prototype (ProPETL) or on any other source.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"relu": F.relu, "swish": F.silu, "gelu": F.gelu, "tanh": torch.tanh}
+
+
+class OwnedParams(nn.Module):
+    """The plain parameter source: each layer owns its tensors."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        self.params = nn.ParameterDict({name: nn.Parameter(t) for name, t in tensors.items()})
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.params[name]
+
+
+def _kaiming(shape: tuple[int, int]) -> torch.Tensor:
+    weight = torch.empty(shape)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    return weight
+
+
+def bottleneck_tensors(d_in: int, r: int, d_out: int, init: str) -> dict[str, torch.Tensor]:
+    """Initial adapter weights: 'bert' = N(0, 0.02) everywhere; 'lora' = Kaiming down, zero up (identity at init)."""
+    if init == "bert":
+        down, up = torch.randn(r, d_in) * 0.02, torch.randn(d_out, r) * 0.02
+    elif init == "lora":
+        down, up = _kaiming((r, d_in)), torch.zeros(d_out, r)
+    else:
+        raise ValueError(f"unknown adapter init {init!r}")
+    return {"down_weight": down, "down_bias": torch.zeros(r), "up_weight": up, "up_bias": torch.zeros(d_out)}
+
+
+def lowrank_tensors(d_in: int, r: int, d_out: int, init: str) -> dict[str, torch.Tensor]:
+    """LoRA factors A (r x in), B (out x r): 'lora' = Kaiming A, zero B (identity at init); 'bert' = N(0, 0.02)."""
+    if init == "lora":
+        return {"lora_A": _kaiming((r, d_in)), "lora_B": torch.zeros(d_out, r)}
+    return {"lora_A": torch.randn(r, d_in) * 0.02, "lora_B": torch.randn(d_out, r) * 0.02}
+
+
+class Bottleneck(nn.Module):
+    """A(x) = s * up(f(down(LN_in(x)))) [-> LN_out]: the adapter of every insertion form."""
+
+    def __init__(self, source, hidden: int, act: str = "relu", dropout: float = 0.0,
+                 layernorm: str = "none", scalar: float | str = 1.0):
+        super().__init__()
+        self.source = source
+        self.act = ACTIVATIONS[act]
+        self.dropout = nn.Dropout(dropout)
+        self.ln_in = nn.LayerNorm(hidden) if layernorm == "in" else None
+        self.ln_out = nn.LayerNorm(hidden) if layernorm == "out" else None
+        if scalar == "learnable_scalar":
+            self.scalar = nn.Parameter(torch.ones(1))
+        else:
+            self.register_buffer("scalar", torch.tensor(float(scalar)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        get = self.source.get
+        if self.ln_in is not None:
+            x = self.ln_in(x)
+        h = self.dropout(self.act(F.linear(x, get("down_weight"), get("down_bias"))))
+        h = F.linear(h, get("up_weight"), get("up_bias")) * self.scalar
+        if self.ln_out is not None:
+            h = self.ln_out(h)
+        return h
+
+
+class LowRank(nn.Module):
+    """Delta(x) = (alpha / r) * B A dropout(x)."""
+
+    def __init__(self, source, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.source = source
+        self.scaling = alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(self.dropout(x), self.source.get("lora_A")), self.source.get("lora_B")) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.source.get("lora_B") @ self.source.get("lora_A")) * self.scaling
+
+
+class PrefixGenerator(nn.Module):
+    """Li & Liang's reparameterisation: E (l x d) -> Linear(d, mid) -> tanh -> Linear(mid, n * 2d).
+
+    Row block i of the output is the key/value prefix of attention site i. Computing only the rows of
+    one site keeps every call independent (no cache to invalidate between encoder and decoder calls).
+    """
+
+    def __init__(self, length: int, hidden: int, mid_dim: int, n_sites: int, dropout: float = 0.0):
+        super().__init__()
+        self.hidden, self.n_sites = hidden, n_sites
+        self.embedding = nn.Parameter(torch.randn(length, hidden))
+        self.mlp_in = nn.Linear(hidden, mid_dim)
+        self.mlp_out = nn.Linear(mid_dim, n_sites * 2 * hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def site_prefix(self, index: int) -> torch.Tensor:
+        """(l, 2d) key/value prefix of site ``index``."""
+        rows = slice(index * 2 * self.hidden, (index + 1) * 2 * self.hidden)
+        mid = torch.tanh(self.mlp_in(self.embedding))
+        return self.dropout(F.linear(mid, self.mlp_out.weight[rows], self.mlp_out.bias[rows]))
+
+    @torch.no_grad()
+    def eject(self) -> torch.Tensor:
+        """All sites' prefixes (n, l, 2d): what is stored once training is over."""
+        mid = torch.tanh(self.mlp_in(self.embedding))
+        return self.mlp_out(mid).view(len(self.embedding), self.n_sites, 2 * self.hidden).transpose(0, 1).contiguous()
+
+
+class FlatPrefix(nn.Module):
+    """Prefixes held directly as (n, l, 2d) values: no MLP (prefix_nomlp) or after ejecting the MLP."""
+
+    def __init__(self, values: torch.Tensor, dropout: float = 0.0):
+        super().__init__()
+        self.values = nn.Parameter(values)
+        self.dropout = nn.Dropout(dropout)
+
+    def site_prefix(self, index: int) -> torch.Tensor:
+        return self.dropout(self.values[index])
+
+
+class PromptEmbedding(nn.Module):
+    """l learned input embeddings prepended to the token embeddings (prompt tuning)."""
+
+    def __init__(self, length: int, hidden: int):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.randn(length, hidden) * 0.02)
+
+    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        prompt = self.embedding.to(inputs_embeds.dtype).unsqueeze(0).expand(inputs_embeds.shape[0], -1, -1)
+        return torch.cat([prompt, inputs_embeds], dim=1)

@@ -1,0 +1,374 @@
+"""`PetlModel`: a frozen transformers backbone with one design config attached.
+
+Attaching follows the config dimension by dimension (attention, FFN, prompt, bias) on the resolved
+sites of the backbone; every method module lives in `PetlModel.methods`, the wrappers inside the
+backbone only reference them. Nothing here knows a module name of a backbone family (see sites.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import attention as prefix_attention
+from .config import PetlConfig
+from .errors import ConfigError, ModuleFormatError
+from .forms import (Bottleneck, FlatPrefix, LowRank, OwnedParams, PrefixGenerator, PromptEmbedding,
+                    bottleneck_tensors, lowrank_tensors)
+from .insertion import BiasDelta, InputCapture, LinearWithChanges, PfeifferLayerNorm, set_module
+from .sites import BackboneSites, resolve_sites
+
+
+def head_parameter_names(model: nn.Module) -> list[str]:
+    """Parameters of the task head: those outside `model.base_model` and not tied to it."""
+    base = model.base_model
+    if base is model:
+        return []
+    base_ids = {id(p) for p in base.parameters()}
+    return [name for name, p in model.named_parameters() if id(p) not in base_ids]
+
+
+def backbone_fingerprint(model: nn.Module) -> str:
+    """A content hash of the backbone (head excluded): names, shapes, dtypes and a strided sample of values.
+
+    Sampling up to 4,096 values per tensor keeps this fast on base-size models while telling apart
+    two checkpoints of the same architecture.
+    """
+    head = set(head_parameter_names(model))
+    digest = hashlib.sha256(str(getattr(model.config, "model_type", "")).encode())
+    for name, param in model.named_parameters():
+        if name in head:
+            continue
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step].to(torch.float32).cpu().contiguous()
+        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+class PetlModel(nn.Module):
+    """A backbone with a PETL method attached. `forward` takes and returns what the backbone's does."""
+
+    def __init__(self, model: nn.Module, config: PetlConfig, *, flat_prefix: bool = False):
+        super().__init__()
+        if not isinstance(config, PetlConfig):
+            raise ConfigError(f"config must be a PetlConfig, got {type(config).__name__}")
+        self.sites: BackboneSites = resolve_sites(model)  # raises for unsupported architectures first
+        self.config = config
+        self.fingerprint = backbone_fingerprint(model)  # taken before anything is attached
+        self.head_names = head_parameter_names(model)
+        self.model = model
+        self.methods = nn.ModuleDict()
+        self.prompt: PromptEmbedding | None = None
+        self.merged = False
+        self.task: dict | None = None  # task metadata of a loaded module
+        self._wrapped: dict[str, nn.Module] = {}  # path -> original module, to unload
+        self._hooks: list[Any] = []
+        self._prefix_modules: list[nn.Module] = []
+        self._prefix_original: str | None = None
+        self.flat_prefix = flat_prefix or not config.prefix_mlp
+        self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}  # for unload
+        self._attach()
+        self._set_trainable()
+
+    # ================================================================= attaching
+    def _wrap_linear(self, path: str) -> LinearWithChanges:
+        current = self.model.get_submodule(path)
+        if isinstance(current, LinearWithChanges):
+            return current
+        wrapper = LinearWithChanges(current)
+        self._wrapped[path] = current
+        set_module(self.model, path, wrapper)
+        return wrapper
+
+    def _register(self, key: str, module: nn.Module) -> nn.Module:
+        self.methods[key] = module
+        return module
+
+    def _attach(self) -> None:
+        cfg, d = self.config, self.sites.hidden_size
+        if cfg.attn_mode == "lora":
+            self._attach_attention_lora()
+        elif cfg.attn_mode == "adapter":
+            self._attach_attention_adapter()
+        elif cfg.attn_mode == "prefix":
+            self._attach_prefix()
+        elif cfg.attn_mode == "prompt_tuning":
+            embed_dim = self.model.get_input_embeddings().embedding_dim
+            self.prompt = self._register("prompt", PromptEmbedding(cfg.attn_bn, embed_dim))
+        elif cfg.attn_mode == "bitfit":
+            self._attach_bitfit()
+        if cfg.ffn_mode == "lora":
+            self._attach_ffn_lora()
+        elif cfg.ffn_mode == "adapter":
+            self._attach_ffn_adapter(d)
+
+    def _lora(self, key: str, path: str, linear: nn.Module, rank: int) -> None:
+        cfg = self.config
+        source = OwnedParams(lowrank_tensors(linear.in_features, rank, linear.out_features, cfg.lora_init))
+        form = self._register(key, LowRank(source, rank, cfg.lora_alpha, cfg.lora_dropout))
+        object.__setattr__(self._wrap_linear(path), "lora", form)
+
+    def _attach_attention_lora(self) -> None:
+        for layer in self.sites.layers:
+            for j, site in enumerate(layer.attention):
+                for target in self.config.lora_targets:
+                    key = f"{layer.stack}{layer.index}_attn{j}_lora_{target}"
+                    self._lora(key, site.paths[target], getattr(site, target), self.config.attn_bn)
+
+    def _attach_ffn_lora(self) -> None:
+        for layer in self.sites.layers:
+            linears = [(f"ffn_in.{i}", m) for i, m in enumerate(layer.ffn_in)] + [("ffn_out", layer.ffn_out)]
+            for name, linear in linears:
+                key = f"{layer.stack}{layer.index}_ffn_lora_{name.replace('.', '')}"
+                self._lora(key, layer.paths[name], linear, self.config.ffn_bn)
+
+    def _adapter(self, key: str, d: int, r: int, init: str, layernorm: str, scalar) -> Bottleneck:
+        cfg = self.config
+        source = OwnedParams(bottleneck_tensors(d, r, d, init))
+        return self._register(key, Bottleneck(source, d, cfg.adapter_act, cfg.adapter_dropout, layernorm, scalar))
+
+    def _capture(self, module: nn.Module) -> InputCapture:
+        capture = InputCapture(module)
+        self._hooks.append(capture)
+        return capture
+
+    def _attach_attention_adapter(self) -> None:
+        cfg, d = self.config, self.sites.hidden_size
+        r = cfg.resolve_bn("attn", d)
+        for layer in self.sites.layers:
+            for j, site in enumerate(layer.attention):
+                # He et al.: the attention adapter always has its own LN on the input, bert init, scalar 1.
+                adapter = self._adapter(f"{layer.stack}{layer.index}_attn{j}_adapter", d, r, "bert", "in", 1.0)
+                wrapper = self._wrap_linear(site.paths["o"])
+                if cfg.attn_option == "sequential":
+                    object.__setattr__(wrapper, "output_adapter", adapter)
+                    wrapper.output_mode = "sequential"
+                else:  # parallel: reads the attention input, adds to the head outputs before W_o
+                    object.__setattr__(wrapper, "input_adapter", adapter)
+                    wrapper.input_capture = self._capture(site.module)
+
+    def _attach_ffn_adapter(self, d: int) -> None:
+        cfg = self.config
+        r = cfg.resolve_bn("ffn", d)
+        for layer in self.sites.layers:
+            adapter = self._adapter(f"{layer.stack}{layer.index}_ffn_adapter", d, r, cfg.ffn_adapter_init_option,
+                                    cfg.ffn_adapter_layernorm_option, cfg.ffn_adapter_scalar)
+            if cfg.ffn_option == "pfeiffer" and layer.ffn_layernorm is not None:
+                wrapper = PfeifferLayerNorm(layer.ffn_layernorm, adapter)
+                self._wrapped[layer.paths["ffn_layernorm"]] = layer.ffn_layernorm
+                set_module(self.model, layer.paths["ffn_layernorm"], wrapper)
+                continue
+            wrapper = self._wrap_linear(layer.paths["ffn_out"])
+            object.__setattr__(wrapper, "output_adapter", adapter)
+            if cfg.ffn_option == "sequential":
+                wrapper.output_mode = "sequential"
+            else:  # parallel, or Pfeiffer on a pre-LN block: the adapter also reads the FFN input
+                wrapper.output_mode = "parallel" if cfg.ffn_option == "parallel" else "pfeiffer_preln"
+                wrapper.output_capture = self._capture(layer.ffn_in[0])
+
+    def _attach_prefix(self) -> None:
+        cfg, d = self.config, self.sites.hidden_size
+        groups: dict[str, list] = {}  # encoder self / decoder self / decoder cross: one generator each
+        for layer in self.sites.layers:
+            for site in layer.attention:
+                groups.setdefault(f"prefix_{layer.stack}_{site.kind}", []).append(site)
+        for key, sites in groups.items():
+            if self.flat_prefix:
+                source = FlatPrefix(torch.randn(len(sites), cfg.attn_bn, 2 * d) * 0.02, cfg.prefix_dropout)
+            else:
+                source = PrefixGenerator(cfg.attn_bn, d, cfg.mid_dim, len(sites), cfg.prefix_dropout)
+            self._register(key, source)
+            for index, site in enumerate(sites):
+                needs_query = cfg.attn_option in ("cross_attn", "cross_attn_relu")
+                prefix_site = prefix_attention.PrefixSite(
+                    source, index, cfg.attn_option, cfg.attn_composition, d, query_proj=site.q,
+                    capture=self._capture(site.module) if needs_query else None)
+                self._register(f"{key}_site{index}", prefix_site)
+                object.__setattr__(site.module, prefix_attention.PREFIX_ATTR, prefix_site)
+                self._prefix_modules.append(site.module)
+        self._prefix_original = prefix_attention.enable_prefix_attention(
+            self.model, self._prefix_modules, self.sites.family.manual_attention)
+
+    def _attach_bitfit(self) -> None:
+        head = {name.rpartition(".")[0] for name in self.head_names}
+        deltas = nn.ParameterDict()
+        for path, module in self.model.named_modules():
+            bias = getattr(module, "bias", None)
+            if path in head or not isinstance(module, (nn.Linear, nn.LayerNorm)) or bias is None:
+                continue
+            deltas[path.replace(".", "__")] = nn.Parameter(torch.zeros_like(bias))
+            self._hooks.append(BiasDelta(module, deltas[path.replace(".", "__")]))
+        if not deltas:
+            raise ConfigError(
+                f"bitfit trains biases, but this {self.sites.family.family} backbone has no bias parameters")
+        self._register("bitfit", deltas)
+
+    def _set_trainable(self) -> None:
+        full = self.config.full_finetune
+        head = set(self.head_names)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(full or (name in head and self.config.train_head))
+        for param in self.methods.parameters():
+            param.requires_grad_(True)
+
+    # ================================================================= running
+    def forward(self, *args, **kwargs):
+        if self.prompt is not None:
+            kwargs = self._with_prompt(kwargs)
+        return self.model(*args, **kwargs)
+
+    def generate(self, **kwargs):
+        if self.prompt is not None:
+            kwargs = self._with_prompt(kwargs)
+        return self.model.generate(**kwargs)
+
+    def _with_prompt(self, kwargs: dict) -> dict:
+        """Prompt tuning: run the backbone on [prompt; token embeddings] with the masks extended."""
+        kwargs = dict(kwargs)
+        input_ids, embeds = kwargs.pop("input_ids", None), kwargs.pop("inputs_embeds", None)
+        if embeds is None:
+            if input_ids is None:
+                raise ValueError("prompt tuning needs input_ids or inputs_embeds")
+            embeds = self.model.get_input_embeddings()(input_ids)
+        if kwargs.get("position_ids") is not None:
+            raise ValueError("prompt tuning shifts positions; do not pass position_ids")
+        batch, length = embeds.shape[:2]
+        n = self.prompt.embedding.shape[0]
+        kwargs["inputs_embeds"] = self.prompt(embeds)
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.long, device=embeds.device)
+        kwargs["attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)
+        if kwargs.get("token_type_ids") is not None:
+            tt = kwargs["token_type_ids"]
+            kwargs["token_type_ids"] = torch.cat([tt.new_zeros(batch, n), tt], dim=1)
+        return kwargs
+
+    # ================================================================= accounting
+    def head_parameters(self) -> dict[str, nn.Parameter]:
+        params = dict(self.model.named_parameters())
+        return {name: params[name] for name in self.head_names if name in params}
+
+    def report(self) -> dict[str, Any]:
+        from .storage import serialize
+
+        head = self.head_parameters()
+        head_ids = {id(p) for p in head.values()}
+        backbone_params = sum(p.numel() for p in self.model.parameters() if id(p) not in head_ids)
+        method_params = sum(p.numel() for p in self.methods.parameters() if p.requires_grad)
+        trainable = method_params + (backbone_params if self.config.full_finetune else 0)
+        header, weights = serialize(self)
+        return {
+            "preset": self.config.preset,
+            "family": self.sites.family.family,
+            "trainable_params": trainable,
+            "head_params": sum(p.numel() for p in head.values()),
+            "backbone_params": backbone_params,
+            "trainable_percent": 100.0 * trainable / backbone_params,
+            "stored_bytes": len(header) + len(weights),
+            "stored_header_bytes": len(header),
+            "stored_weight_bytes": len(weights),
+        }
+
+    def print_trainable_parameters(self) -> None:
+        r = self.report()
+        print(f"trainable params: {r['trainable_params']:,} (+ head {r['head_params']:,}) || "
+              f"backbone params: {r['backbone_params']:,} || trainable%: {r['trainable_percent']:.4f} || "
+              f"stored bytes: {r['stored_bytes']:,}")
+
+    # ================================================================= state for storage
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor a task module needs: method weights (prefix MLPs ejected), head, and for `full` the backbone."""
+        tensors: dict[str, torch.Tensor] = {}
+        for key, module in self.methods.items():
+            if isinstance(module, PrefixGenerator):
+                tensors[f"methods.{key}.values"] = module.eject()
+                continue
+            for name, value in module.state_dict().items():
+                tensors[f"methods.{key}.{name}"] = value
+        for name, param in self.head_parameters().items():
+            tensors[f"head.{name}"] = param
+        if self.config.full_finetune:
+            head = set(self.head_names)
+            for name, param in self.model.named_parameters():
+                if name not in head:
+                    tensors[f"backbone.{name}"] = param
+        return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+    @torch.no_grad()
+    def load_stored_tensors(self, tensors: dict[str, torch.Tensor], source: str = "module") -> None:
+        """Copy tensors written by `stored_tensors` of a flat-prefix model; checks every name and shape first."""
+        expected = {k: v.shape for k, v in self.stored_tensors().items()}
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise ModuleFormatError(
+                f"{source}: tensors do not match this config and backbone; missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for name, shape in expected.items():
+            if tuple(tensors[name].shape) != tuple(shape):
+                raise ModuleFormatError(
+                    f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)} "
+                    "(was the head built with another number of labels?)")
+        targets = {f"methods.{k}": v for k, v in self.methods.state_dict(keep_vars=True).items()}
+        targets.update({f"head.{k}": v for k, v in self.head_parameters().items()})
+        targets.update({f"backbone.{k}": v for k, v in self.model.named_parameters()})
+        for name, value in tensors.items():
+            targets[name].copy_(value)
+
+    # ================================================================= merge / unload
+    @torch.no_grad()
+    def merge(self) -> "PetlModel":
+        """Fold LoRA and BitFit into the backbone weights (zero inference overhead). Irreversible."""
+        for path, original in list(self._wrapped.items()):
+            wrapper = self.model.get_submodule(path)
+            if isinstance(wrapper, LinearWithChanges) and wrapper.lora is not None:
+                wrapper.base.weight.add_(wrapper.lora.delta_weight().to(wrapper.base.weight.dtype))
+                object.__setattr__(wrapper, "lora", None)
+                if wrapper.is_empty:
+                    set_module(self.model, path, original)
+                    del self._wrapped[path]
+        for hook in [h for h in self._hooks if isinstance(h, BiasDelta)]:
+            hook.merge()
+            self._hooks.remove(hook)
+        for key in [k for k, m in self.methods.items() if isinstance(m, LowRank) or k == "bitfit"]:
+            del self.methods[key]
+        self.merged = True
+        return self
+
+    def unload(self) -> nn.Module:
+        """Detach every change and return the backbone as it was (merged weights stay merged)."""
+        for path, original in self._wrapped.items():
+            set_module(self.model, path, original)
+        self._wrapped.clear()
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        if self._prefix_modules:
+            prefix_attention.disable_prefix_attention(self.model, self._prefix_modules, self._prefix_original,
+                                                      self.sites.family.manual_attention)
+            self._prefix_modules = []
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(self._requires_grad.get(name, True))
+        return self.model
+
+    # ================================================================= persistence
+    def save(self, directory, task: dict | None = None) -> dict:
+        from .storage import save_module
+
+        return save_module(self, directory, task=task)
+
+    def export_peft(self, directory, base_model_name_or_path: str | None = None) -> None:
+        from .peft_export import export_peft
+
+        export_peft(self, directory, base_model_name_or_path)
+
+
+def get_petl_model(model: nn.Module, config: PetlConfig | str) -> PetlModel:
+    """Attach a design config (or a preset name) to a transformers model: backbone frozen, method and head trainable."""
+    if isinstance(config, str):
+        config = PetlConfig.from_preset(config)
+    return PetlModel(model, config)

@@ -1,0 +1,106 @@
+"""Named methods as points of the design space: data, not code paths.
+
+Each preset is the whole method: read its config to know what it trains. Sources are the sections
+of ALGORITHMS.md (He et al.'s released flags, §3.3; adapter-transformers semantics, §1.1). Sizes
+given as ``reduction_factor`` scale with the backbone (bottleneck = hidden // factor); absolute
+sizes (``attn_bn``/``ffn_bn``) are the paper's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "houlsby": {
+        "summary": "Sequential adapters after attention and after the FFN (Houlsby et al. 2019)",
+        "source": "§1.1 (adapter-transformers: reduction factor 16, swish) and §3.3 (attention adapter with LN 'in')",
+        "config": dict(
+            attn_mode="adapter", attn_option="sequential",
+            ffn_mode="adapter", ffn_option="sequential",
+            ffn_adapter_layernorm_option="none", ffn_adapter_init_option="bert", ffn_adapter_scalar=1.0,
+            reduction_factor=16, adapter_act="swish",
+        ),
+    },
+    "pfeiffer": {
+        "summary": "One sequential adapter after the FFN, Pfeiffer placement (LN reused twice)",
+        "source": "§1.1 (reduction factor 16, ReLU, bert init); ScaLearn stage 1 (§5.1)",
+        "config": dict(
+            ffn_mode="adapter", ffn_option="pfeiffer",
+            ffn_adapter_layernorm_option="none", ffn_adapter_init_option="bert", ffn_adapter_scalar=1.0,
+            reduction_factor=16, adapter_act="relu",
+        ),
+    },
+    "parallel": {
+        "summary": "Parallel adapter at the FFN (He et al.): reads the FFN input, adds to its output",
+        "source": "§1.1 (adapter-transformers par_bn: reduction factor 2, mam init, scaling 1)",
+        "config": dict(
+            ffn_mode="adapter", ffn_option="parallel",
+            ffn_adapter_layernorm_option="none", ffn_adapter_init_option="lora", ffn_adapter_scalar=1.0,
+            reduction_factor=2,
+        ),
+    },
+    "scaled_parallel": {
+        "summary": "Scaled parallel adapter at the FFN, s = 4 (He et al.'s FFN scaled PA)",
+        "source": "§3.3 (ffn adapter / parallel / LN none / lora init / scalar 4 / r = 512 on d = 1024) and §1.1 (rf 2)",
+        "config": dict(
+            ffn_mode="adapter", ffn_option="parallel",
+            ffn_adapter_layernorm_option="none", ffn_adapter_init_option="lora", ffn_adapter_scalar=4.0,
+            reduction_factor=2,
+        ),
+    },
+    "lora": {
+        "summary": "LoRA on the query and value projections",
+        "source": "§3.3 (r = 16, alpha 32, dropout 0.1, lora init) and §1.2",
+        "config": dict(attn_mode="lora", attn_bn=16, lora_alpha=32.0, lora_dropout=0.1, lora_init="lora"),
+    },
+    "prefix": {
+        "summary": "Prefix tuning (Li & Liang) with the MLP reparameterisation, prefixes concatenated to K/V",
+        "source": "§3.3 (prefix / concat / l = 200, mid_dim 800) and §1.3",
+        "config": dict(attn_mode="prefix", attn_option="concat", attn_bn=200, mid_dim=800),
+    },
+    "prompt_tuning": {
+        "summary": "Prompt tuning: learned embeddings prepended to the (encoder) input",
+        "source": "§3.3 (prompt_tuning, l = 200)",
+        "config": dict(attn_mode="prompt_tuning", attn_bn=200),
+    },
+    "bitfit": {
+        "summary": "BitFit: train every bias of the backbone (as a stored bias delta)",
+        "source": "§3.2 (attn_mode bitfit trains every parameter whose name contains 'bias')",
+        "config": dict(attn_mode="bitfit"),
+    },
+    "mam": {
+        "summary": "Mix-and-match adapter: prefix (l = 30) + FFN scaled parallel adapter (r = 512, s = 4)",
+        "source": "§3.3 (MAM, XSum/en-ro flags)",
+        "config": dict(
+            attn_mode="prefix", attn_option="concat", attn_bn=30, mid_dim=800,
+            ffn_mode="adapter", ffn_option="parallel", ffn_bn=512,
+            ffn_adapter_layernorm_option="none", ffn_adapter_init_option="lora", ffn_adapter_scalar=4.0,
+        ),
+    },
+    "mam_glue": {
+        "summary": "MAM adapter, GLUE variant of the released script: prefix l = 16 + scaled PA r = 16, s = 2",
+        "source": "§3.3 (MAM adapter, GLUE script)",
+        "config": dict(
+            attn_mode="prefix", attn_option="concat", attn_bn=16, mid_dim=800,
+            ffn_mode="adapter", ffn_option="parallel", ffn_bn=16,
+            ffn_adapter_layernorm_option="none", ffn_adapter_init_option="lora", ffn_adapter_scalar=2.0,
+        ),
+    },
+    "full": {
+        "summary": "Full fine-tuning baseline: every backbone weight and the head are trained and stored",
+        "source": "baseline",
+        "config": dict(full_finetune=True),
+    },
+}
+
+
+def list_presets() -> list[str]:
+    """Names of every preset, in the order of the table above."""
+    return list(PRESETS)
+
+
+def describe_preset(name: str) -> dict[str, Any]:
+    from .config import PetlConfig
+
+    config = PetlConfig.from_preset(name)  # validates the name
+    return {"name": name, "summary": PRESETS[name]["summary"], "source": PRESETS[name]["source"], "config": config.to_dict()}

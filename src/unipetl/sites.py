@@ -1,0 +1,206 @@
+"""Where changes attach in each backbone family: the only module in the library that knows module names.
+
+A site table names, per layer stack, the attention projections, the FFN input/output linears, the
+layer norm after the FFN residual and whether the family is pre-LN. `resolve_sites` turns a loaded
+transformers model into a flat list of `LayerSites` holding the actual modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class AttentionTable:
+    kind: str  # "self" (encoder or decoder self-attention) or "cross" (decoder over encoder output)
+    module: str  # the module whose forward input is the sub-layer input x and that computes attention
+    q: str
+    k: str
+    v: str
+    o: str
+
+
+@dataclass(frozen=True)
+class StackTable:
+    name: str  # "encoder" or "decoder"
+    layers: str  # path (relative to `model.base_model`) of the ModuleList of layers
+    attention: tuple[AttentionTable, ...]
+    ffn_in: tuple[str, ...]  # first FFN linear(s); T5 v1.1 has two (gated)
+    ffn_out: str
+    ffn_layernorm: str | None  # post-LN models: the LN after the FFN residual
+
+
+@dataclass(frozen=True)
+class FamilyTable:
+    family: str
+    model_types: tuple[str, ...]
+    stacks: tuple[StackTable, ...]
+    pre_layernorm: bool = False
+    # Families whose attention does not go through transformers' attention interface need their
+    # attention forward replaced for prefix tuning (see attention.py).
+    manual_attention: bool = False
+
+
+_BERT_LIKE_ATTENTION = (
+    AttentionTable("self", "attention.self", "attention.self.query", "attention.self.key", "attention.self.value",
+                   "attention.output.dense"),
+)
+
+FAMILIES: tuple[FamilyTable, ...] = (
+    FamilyTable(
+        family="bert",
+        model_types=("bert",),
+        stacks=(StackTable("encoder", "encoder.layer", _BERT_LIKE_ATTENTION, ("intermediate.dense",), "output.dense",
+                           "output.LayerNorm"),),
+    ),
+    FamilyTable(
+        family="roberta",
+        model_types=("roberta", "xlm-roberta"),
+        stacks=(StackTable("encoder", "encoder.layer", _BERT_LIKE_ATTENTION, ("intermediate.dense",), "output.dense",
+                           "output.LayerNorm"),),
+    ),
+    FamilyTable(
+        family="mpnet",
+        model_types=("mpnet",),
+        stacks=(StackTable(
+            "encoder", "encoder.layer",
+            (AttentionTable("self", "attention.attn", "attention.attn.q", "attention.attn.k", "attention.attn.v",
+                            "attention.attn.o"),),
+            ("intermediate.dense",), "output.dense", "output.LayerNorm"),),
+        manual_attention=True,
+    ),
+    FamilyTable(
+        family="t5",
+        model_types=("t5", "mt5"),
+        stacks=(
+            StackTable("encoder", "encoder.block",
+                       (AttentionTable("self", "layer.0.SelfAttention", "layer.0.SelfAttention.q",
+                                       "layer.0.SelfAttention.k", "layer.0.SelfAttention.v",
+                                       "layer.0.SelfAttention.o"),),
+                       ("layer.1.DenseReluDense.wi", "layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"),
+                       "layer.1.DenseReluDense.wo", None),
+            StackTable("decoder", "decoder.block",
+                       (AttentionTable("self", "layer.0.SelfAttention", "layer.0.SelfAttention.q",
+                                       "layer.0.SelfAttention.k", "layer.0.SelfAttention.v",
+                                       "layer.0.SelfAttention.o"),
+                        AttentionTable("cross", "layer.1.EncDecAttention", "layer.1.EncDecAttention.q",
+                                       "layer.1.EncDecAttention.k", "layer.1.EncDecAttention.v",
+                                       "layer.1.EncDecAttention.o")),
+                       ("layer.2.DenseReluDense.wi", "layer.2.DenseReluDense.wi_0", "layer.2.DenseReluDense.wi_1"),
+                       "layer.2.DenseReluDense.wo", None),
+        ),
+        pre_layernorm=True,
+    ),
+    FamilyTable(
+        family="bart",
+        model_types=("bart", "mbart"),
+        stacks=(
+            StackTable("encoder", "encoder.layers",
+                       (AttentionTable("self", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                       "self_attn.out_proj"),),
+                       ("fc1",), "fc2", "final_layer_norm"),
+            StackTable("decoder", "decoder.layers",
+                       (AttentionTable("self", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                       "self_attn.out_proj"),
+                        AttentionTable("cross", "encoder_attn", "encoder_attn.q_proj", "encoder_attn.k_proj",
+                                       "encoder_attn.v_proj", "encoder_attn.out_proj")),
+                       ("fc1",), "fc2", "final_layer_norm"),
+        ),
+    ),
+)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for fam in FAMILIES for t in fam.model_types)
+
+
+def family_for(model: nn.Module) -> FamilyTable:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for fam in FAMILIES:
+        if model_type in fam.model_types:
+            return fam
+    raise UnsupportedModelError(
+        f"unsupported architecture {model_type!r} ({type(model).__name__}); supported model types: "
+        f"{', '.join(supported_model_types())}"
+    )
+
+
+# --------------------------------------------------------------------------- resolved sites
+@dataclass
+class AttentionSites:
+    kind: str
+    module: nn.Module
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+    paths: dict[str, str]  # projection name -> full module path from the top-level model
+
+
+@dataclass
+class LayerSites:
+    stack: str
+    index: int  # index within its stack
+    attention: list[AttentionSites]
+    ffn_in: list[nn.Linear]
+    ffn_out: nn.Linear
+    ffn_layernorm: nn.Module | None
+    paths: dict[str, str] = field(default_factory=dict)  # "ffn_in.i", "ffn_out", "ffn_layernorm" -> full path
+
+
+@dataclass
+class BackboneSites:
+    family: FamilyTable
+    layers: list[LayerSites]
+    base_prefix: str  # path of `model.base_model` inside the top-level model ("" when it is the model)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.layers[0].ffn_out.out_features
+
+    def stack_layers(self, stack: str) -> list[LayerSites]:
+        return [layer for layer in self.layers if layer.stack == stack]
+
+
+def _get(root: nn.Module, path: str) -> nn.Module | None:
+    module = root
+    for part in path.split("."):
+        if not hasattr(module, part):
+            return None
+        module = getattr(module, part)
+    return module
+
+
+def resolve_sites(model: nn.Module) -> BackboneSites:
+    family = family_for(model)
+    base = model.base_model
+    base_prefix = next((name for name, mod in model.named_modules() if mod is base), "")
+    join = (lambda p: f"{base_prefix}.{p}") if base_prefix else (lambda p: p)
+    layers: list[LayerSites] = []
+    for stack in family.stacks:
+        layer_list = _get(base, stack.layers)
+        if layer_list is None:
+            continue  # e.g. an encoder-only T5 model has no decoder stack
+        for index, layer in enumerate(layer_list):
+            prefix = f"{stack.layers}.{index}"
+            attention = []
+            for table in stack.attention:
+                paths = {name: join(f"{prefix}.{getattr(table, name)}") for name in ("q", "k", "v", "o", "module")}
+                attention.append(AttentionSites(
+                    table.kind, _get(layer, table.module), _get(layer, table.q), _get(layer, table.k),
+                    _get(layer, table.v), _get(layer, table.o), paths))
+            ffn_in = [(_get(layer, p), p) for p in stack.ffn_in if _get(layer, p) is not None]
+            paths = {f"ffn_in.{i}": join(f"{prefix}.{p}") for i, (_, p) in enumerate(ffn_in)}
+            paths["ffn_out"] = join(f"{prefix}.{stack.ffn_out}")
+            if stack.ffn_layernorm:
+                paths["ffn_layernorm"] = join(f"{prefix}.{stack.ffn_layernorm}")
+            layers.append(LayerSites(
+                stack.name, index, attention, [m for m, _ in ffn_in], _get(layer, stack.ffn_out),
+                _get(layer, stack.ffn_layernorm) if stack.ffn_layernorm else None, paths))
+    if not layers:
+        raise UnsupportedModelError(f"no transformer layers found in {type(model).__name__} at the expected paths")
+    return BackboneSites(family, layers, base_prefix)

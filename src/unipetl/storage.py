@@ -1,0 +1,157 @@
+"""Task modules on disk: one directory with a JSON header and one safetensors file.
+
+The header records the format version, the full design config, the backbone fingerprint, the task
+and the size and SHA-256 of the weights file, so that a module for another backbone, a truncated or
+altered file, or an unknown format version is refused before the backbone is touched. Writes go to a
+temporary directory that is renamed into place, so a failed save leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .config import PetlConfig
+from .errors import ConfigError, ModuleFormatError
+
+FORMAT = "unipetl-task-module"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+HEADER_FILE = "unipetl_module.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def _library_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def serialize(model, task: dict | None = None) -> tuple[bytes, bytes]:
+    """The exact bytes `save` writes: (header, weights)."""
+    weights = save_safetensors(model.stored_tensors())
+    config = model.config.to_dict()
+    header: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": _library_version(),
+        "config": config,
+        "prefix_form": "flat" if config["attn_mode"] == "prefix" else None,
+        "backbone": {
+            "model_type": model.model.config.model_type,
+            "family": model.sites.family.family,
+            "architecture": type(model.model).__name__,
+            "fingerprint": model.fingerprint,
+            "num_labels": getattr(model.model.config, "num_labels", None),
+        },
+        "task": task,
+        "weights": {"file": WEIGHTS_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
+    }
+    return (json.dumps(header, indent=1, sort_keys=True) + "\n").encode(), weights
+
+
+def save_module(model, directory, task: dict | None = None) -> dict:
+    if model.merged:
+        raise ModuleFormatError("this model was merged into the backbone; save the task module before merge()")
+    header, weights = serialize(model, task)
+    write_directory_atomically(directory, {WEIGHTS_FILE: weights, HEADER_FILE: header}, marker=HEADER_FILE)
+    return json.loads(header)
+
+
+def write_directory_atomically(directory, files: dict[str, bytes], marker: str) -> None:
+    """Write ``files`` into ``directory`` via a temporary sibling directory renamed into place.
+
+    An existing directory is replaced only if it holds ``marker`` (a module we wrote), so a wrong
+    path never deletes a user's files.
+    """
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or (any(directory.iterdir()) and not (directory / marker).exists())):
+        raise ModuleFormatError(f"{directory} exists and is not a module written by unipetl; refusing to overwrite it")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def read_module(directory) -> tuple[dict, dict]:
+    """Header and tensors of a saved module, after checking format, version, size and checksum."""
+    directory = Path(directory)
+    header_path = directory / HEADER_FILE
+    if not header_path.is_file():
+        raise ModuleFormatError(f"{directory} is not a unipetl task module: {HEADER_FILE} is missing")
+    try:
+        header = json.loads(header_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModuleFormatError(f"{header_path} is not valid JSON (truncated or altered?): {err}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ModuleFormatError(f"{header_path}: 'format' is {header.get('format') if isinstance(header, dict) else None!r}, expected {FORMAT!r}")
+    version = header.get("format_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise ModuleFormatError(
+            f"{header_path}: unknown format_version {version!r}; this unipetl reads versions "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))} (upgrade unipetl to read newer modules)")
+    for key in ("config", "backbone", "weights"):
+        if not isinstance(header.get(key), dict):
+            raise ModuleFormatError(f"{header_path}: field {key!r} is missing or not an object")
+    weights_path = directory / header["weights"].get("file", WEIGHTS_FILE)
+    if not weights_path.is_file():
+        raise ModuleFormatError(f"{weights_path} is missing")
+    data = weights_path.read_bytes()
+    if len(data) != header["weights"].get("bytes"):
+        raise ModuleFormatError(
+            f"{weights_path} has {len(data)} bytes, the header says {header['weights'].get('bytes')} (truncated?)")
+    if hashlib.sha256(data).hexdigest() != header["weights"].get("sha256"):
+        raise ModuleFormatError(f"{weights_path} does not match the SHA-256 in {HEADER_FILE} (file altered or corrupted)")
+    try:
+        tensors = load_safetensors(data)
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise ModuleFormatError(f"{weights_path} is not a valid safetensors file: {err}") from None
+    return header, tensors
+
+
+def load_petl_model(model, directory):
+    """Rebuild a saved task module on ``model`` (a fresh backbone of the same checkpoint)."""
+    from .model import PetlModel, backbone_fingerprint
+    from .sites import family_for
+
+    header, tensors = read_module(directory)
+    family_for(model)  # unsupported architecture: refuse before anything else
+    expected = header["backbone"]
+    if model.config.model_type != expected.get("model_type"):
+        raise ModuleFormatError(
+            f"{directory} was trained on a {expected.get('model_type')!r} backbone, got {model.config.model_type!r}")
+    if backbone_fingerprint(model) != expected.get("fingerprint"):
+        raise ModuleFormatError(
+            f"{directory} was trained on another backbone checkpoint (fingerprint "
+            f"{str(expected.get('fingerprint'))[:12]}...); load it onto the backbone it was trained on")
+    try:
+        config = PetlConfig.from_dict(header["config"])
+    except (ConfigError, TypeError) as err:
+        raise ModuleFormatError(f"{directory / HEADER_FILE}: invalid config: {err}") from None
+    petl = PetlModel(model, config, flat_prefix=header.get("prefix_form") == "flat")
+    try:
+        petl.load_stored_tensors(tensors, source=str(directory))
+    except Exception:
+        petl.unload()
+        raise
+    petl.task = header.get("task")
+    return petl
