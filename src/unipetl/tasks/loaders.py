@@ -1,0 +1,289 @@
+"""Loading task splits: official GLUE/SuperGLUE files, the Hugging Face hub, and users' own files.
+
+Local layout: ``data_dir/<OfficialFolder>/<file>`` exactly as the GLUE download script and the
+SuperGLUE zips unpack (``CoLA/train.tsv``, ``SST-2/dev.tsv``, ``MNLI/dev_matched.tsv``,
+``BoolQ/val.jsonl``, ``MultiRC/train.jsonl``, ...). SuperGLUE's RTE is ``RTE/{train,val}.jsonl``
+beside GLUE's ``RTE/{train,dev}.tsv``.
+
+Without ``data_dir`` the directory in ``$UNIPETL_GLUE_DIR`` is used if set, else the hub
+(``nyu-mll/glue`` / ``aps/super_glue``). Every failure is a DataError naming the file, line and
+field at fault.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DataError
+from .formulations import build_examples, label_id
+from .polarity import load_polarity, local_polarity_file
+from .registry import Example, TaskSpec, get_task
+
+GLUE_DIR_ENV = "UNIPETL_GLUE_DIR"
+
+# GLUE TSV columns (by header name; CoLA has no header, so by position) for each HF field.
+_TSV_COLUMNS: dict[str, dict[str, str | int]] = {
+    "cola": {"sentence": 3, "label": 1},
+    "sst2": {"sentence": "sentence", "label": "label"},
+    "mrpc": {"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"},
+    "qqp": {"question1": "question1", "question2": "question2", "label": "is_duplicate"},
+    "stsb": {"sentence1": "sentence1", "sentence2": "sentence2", "label": "score"},
+    "mnli": {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"},
+    "qnli": {"question": "question", "sentence": "sentence", "label": "label"},
+    "rte": {"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"},
+    "wnli": {"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"},
+}
+
+# Source fields each SuperGLUE jsonl row must carry (besides label), in the official files.
+_JSONL_FIELDS: dict[str, tuple[str, ...]] = {
+    "copa": ("premise", "choice1", "choice2", "question"),
+    "wic": ("word", "sentence1", "sentence2"),
+    "wsc": ("text", "span1_text", "span2_text"),
+}
+
+
+def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
+    """Examples of one split: 'train', 'validation' (the official dev set) and, for MNLI,
+    'validation_matched' / 'validation_mismatched'. Polarity's parts are 'train' / 'validation' /
+    'test' of its fixed seed-42 split, read from data_dir/polarity/ if a copy lies there, else the cache."""
+    spec = get_task(task)
+    spec.local_file(split)  # raises DataError naming the valid splits
+    if spec.name == "polarity":
+        return load_polarity(path=local_polarity_file(data_dir))[split]
+    data_dir = data_dir or os.environ.get(GLUE_DIR_ENV) or None
+    path = Path(data_dir) / spec.folder / spec.local_file(split) if data_dir else None
+    examples = build_examples(spec, _local_rows(spec, path) if path else _hub_rows(spec, split))
+    if not examples:
+        raise DataError(f"{path or spec.hub_path}: split {split!r} of task {spec.name!r} has no examples")
+    return examples
+
+
+# --- local official files ---------------------------------------------------------------------
+
+def _local_rows(spec: TaskSpec, path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (task {spec.name!r} expects the official layout "
+                        f"<data_dir>/{spec.folder}/{path.name})")
+    try:
+        if path.suffix == ".tsv":
+            return list(_tsv_rows(spec, path))
+        return list(_jsonl_rows(spec, path))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV/TSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+
+
+def _tsv_rows(spec: TaskSpec, path: Path) -> Iterator[dict]:
+    columns = _TSV_COLUMNS[spec.name]
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        # The GLUE files are unquoted; quote characters are part of the text.
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        positions = dict(columns)
+        if any(isinstance(c, str) for c in columns.values()):
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: empty file (expected a header line)")
+            for field, col in columns.items():
+                if col not in header:
+                    raise DataError(f"{path}: line 1: missing column {col!r} (header has {header})")
+                positions[field] = header.index(col)
+        label_col = columns["label"]
+        label_field = label_col if isinstance(label_col, str) else f"column {label_col + 1}"
+        skipped: list[int] = []
+        for n, row in enumerate(reader):
+            line = reader.line_num
+            if not row:
+                continue
+            if any(p >= len(row) for p in positions.values()) or not row[positions["label"]]:
+                # A few rows of the GLUE downloads are truncated; HF's loader drops them too.
+                skipped.append(line)
+                continue
+            out: dict[str, Any] = {f: row[p] for f, p in positions.items() if f != "label"}
+            out["label"] = label_id(spec, row[positions["label"]], f"{path}: line {line}", label_field)
+            out["idx"] = n
+            yield out
+    if skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} truncated row(s), first at line {skipped[0]}", stacklevel=3)
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {line_no}: invalid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {line_no}: expected a JSON object, got {type(row).__name__}")
+            yield line_no, row
+
+
+def _need(row: dict, key: str, where: str) -> Any:
+    if key not in row or row[key] is None:
+        raise DataError(f"{where}: missing field {key!r}")
+    return row[key]
+
+
+def _jsonl_rows(spec: TaskSpec, path: Path) -> Iterator[dict]:
+    for line_no, row in _jsonl(path):
+        where = f"{path}: line {line_no}"
+        if spec.name == "multirc":
+            yield from _multirc_rows(spec, row, where)
+        elif spec.name == "record":
+            yield from _record_rows(row, where)
+        else:
+            if spec.name == "wsc":
+                row = {**row, **_need(row, "target", where)}
+            fields = _JSONL_FIELDS.get(spec.name, spec.text_fields)
+            out = {k: _need(row, k, where) for k in fields}
+            out["label"] = label_id(spec, _need(row, "label", where), where)
+            out["idx"] = row.get("idx")
+            yield out
+
+
+def _multirc_rows(spec: TaskSpec, row: dict, where: str) -> Iterator[dict]:
+    passage = _need(row, "passage", where)
+    text = _need(passage, "text", f"{where}: passage")
+    for question in _need(passage, "questions", f"{where}: passage"):
+        q_where = f"{where}: question {question.get('idx')}"
+        for answer in _need(question, "answers", q_where):
+            a_where = f"{q_where}: answer {answer.get('idx')}"
+            yield {
+                "paragraph": text,
+                "question": _need(question, "question", q_where),
+                "answer": _need(answer, "text", a_where),
+                "label": label_id(spec, _need(answer, "label", a_where), a_where),
+                "idx": {"paragraph": row.get("idx"), "question": question.get("idx"), "answer": answer.get("idx")},
+            }
+
+
+def _record_rows(row: dict, where: str) -> Iterator[dict]:
+    # Same reading as the HF builder: entity spans have inclusive ends; duplicates collapse.
+    passage = _need(row, "passage", where)
+    text = _need(passage, "text", f"{where}: passage")
+    entities = sorted({text[e["start"]: e["end"] + 1] for e in _need(passage, "entities", f"{where}: passage")})
+    for qa in _need(row, "qas", where):
+        q_where = f"{where}: query {qa.get('idx')}"
+        yield {
+            "passage": text,
+            "query": _need(qa, "query", q_where),
+            "entities": entities,
+            "answers": sorted({a["text"] for a in qa.get("answers", [])}),
+            "idx": {"passage": row.get("idx"), "query": qa.get("idx")},
+        }
+
+
+# --- Hugging Face hub -------------------------------------------------------------------------
+
+def _hub_rows(spec: TaskSpec, split: str) -> list[dict]:
+    if spec.hub_path is None:
+        raise DataError(f"task {spec.name!r} has no hub dataset; pass data_dir= with its files")
+    hub_split = spec.hub_split(split)
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(spec.hub_path, spec.hub_config, split=hub_split)
+    except Exception as exc:  # offline, renamed repo, missing config: one clear message instead of a hub trace
+        raise DataError(
+            f"could not load {spec.hub_path!r} config {spec.hub_config!r} split {hub_split!r} from the Hugging Face "
+            f"hub ({type(exc).__name__}: {str(exc)[:300]}); offline, pass data_dir= (or set ${GLUE_DIR_ENV}) to a "
+            f"folder with the official files, e.g. <data_dir>/{spec.folder}/{spec.local_file(split)}"
+        ) from exc
+    return list(dataset)
+
+
+# --- users' own files -------------------------------------------------------------------------
+
+def load_custom(
+    path: str | os.PathLike,
+    text_columns: list[str],
+    label_column: str,
+    kind: str = "classification",
+    label_names: list[str] | tuple[str, ...] | None = None,
+) -> tuple[list[Example], tuple[str, ...]]:
+    """Examples from a CSV/TSV (with a header) or JSONL file, and the label names used.
+
+    Classification labels are read as strings; label ids follow `label_names` if given (an unknown
+    label is an error), else the sorted set of labels found. Regression targets must be numbers.
+    """
+    path = Path(path)
+    if kind not in ("classification", "regression"):
+        raise DataError(f"{path}: kind {kind!r} is not 'classification' or 'regression'")
+    if not text_columns or len(text_columns) > 2:
+        raise DataError(f"{path}: text_columns must name 1 or 2 columns, got {list(text_columns)}")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        rows = list(_custom_rows(path, [*text_columns, label_column]))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV/TSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if not rows:
+        raise DataError(f"{path}: no data rows")
+
+    if kind == "regression":
+        names: tuple[str, ...] = ()
+    elif label_names is not None:
+        names = tuple(str(n) for n in label_names)
+    else:
+        names = tuple(sorted({str(r[label_column]) for _, r in rows}))
+
+    examples = []
+    for line, row in rows:
+        where = f"{path}: line {line}: field {label_column!r}"
+        raw = row[label_column]
+        if kind == "regression":
+            label = _number(raw, where)
+        else:
+            if str(raw) not in names:
+                raise DataError(f"{where}: unknown label {raw!r}; expected one of {list(names)}")
+            label = names.index(str(raw))
+        examples.append(Example(tuple(str(row[c]) for c in text_columns), label, meta={"line": line}))
+    return examples, names
+
+
+def _number(raw: Any, where: str) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: expected a number for a regression target, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: expected a finite number, got {raw!r}")
+    return value
+
+
+def _custom_rows(path: Path, needed: list[str]) -> Iterator[tuple[int, dict]]:
+    if path.suffix.lower() in (".jsonl", ".json"):
+        for line, row in _jsonl(path):
+            for col in needed:
+                _need(row, col, f"{path}: line {line}")
+            yield line, row
+        return
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .csv, .tsv or .jsonl")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        if reader.fieldnames is None:
+            raise DataError(f"{path}: empty file (expected a header line)")
+        for col in needed:
+            if col not in reader.fieldnames:
+                raise DataError(f"{path}: line 1: missing column {col!r} (header has {reader.fieldnames})")
+        for row in reader:
+            for col in needed:
+                if row[col] is None:
+                    raise DataError(f"{path}: line {reader.line_num}: field {col!r} is missing (row too short)")
+            yield reader.line_num, row
