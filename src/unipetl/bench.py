@@ -1,0 +1,161 @@
+"""Training-step benchmark of PETL methods, ours and PEFT's, each measured in a fresh process.
+
+Each measurement runs in its own subprocess so that peak memory (the process's max RSS) belongs to
+one method only; rounds interleave the methods so that machine noise spreads over all of them, and
+results are reported as medians and as ratios to full fine-tuning measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    label: str
+    library: str  # "unipetl" or "peft"
+    method: str  # preset name, or "lora"/"prefix" for PEFT
+    overrides: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"label": self.label, "library": self.library, "method": self.method, "overrides": self.overrides})
+
+
+def _peft_model(base, spec: MethodSpec):
+    import peft
+
+    if spec.method == "lora":
+        config = peft.LoraConfig(task_type="SEQ_CLS", r=spec.overrides.get("r", 8), lora_alpha=spec.overrides.get("lora_alpha", 16),
+                                 lora_dropout=spec.overrides.get("lora_dropout", 0.0), target_modules=["query", "value"])
+    elif spec.method == "prefix":
+        config = peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=spec.overrides.get("num_virtual_tokens", 200),
+                                         prefix_projection=True, encoder_hidden_size=spec.overrides.get("encoder_hidden_size", 800))
+    else:
+        raise ValueError(f"no PEFT equivalent for {spec.method!r}")
+    return peft.get_peft_model(base, config)
+
+
+def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
+    """Train ``steps`` AdamW steps on random tokens; per-step seconds and memory. Runs in the worker."""
+    from transformers import AutoModelForSequenceClassification
+
+    import unipetl
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
+    if spec.library == "peft":
+        model = _peft_model(base, spec)
+    else:
+        model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset(spec.method, **spec.overrides))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    vocab = base.config.vocab_size
+    batch = {"input_ids": torch.randint(1000, vocab, (batch_size, seq_len)),
+             "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
+             "labels": torch.randint(0, 2, (batch_size,))}
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    model.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(**{k: v for k, v in batch.items() if k != "labels"})
+        inference = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"label": spec.label, "step_seconds": statistics.median(times), "inference_seconds": inference,
+            "peak_rss_mb": peak / 1024, "training_rss_increase_mb": (peak - rss_before) / 1024,
+            "trainable_params": sum(p.numel() for p in params)}
+
+
+def run_worker(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
+    code = ("import json,sys; from unipetl.bench import MethodSpec, measure; s=json.loads(sys.argv[1]); "
+            "print('RESULT'+json.dumps(measure(MethodSpec(**s), sys.argv[2], *map(int, sys.argv[3:]))))")
+    proc = subprocess.run([sys.executable, "-c", code, spec.to_json(), model_path, str(batch_size), str(seq_len),
+                           str(steps), str(warmup)], capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[len("RESULT"):])
+    return {"label": spec.label, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+
+
+def benchmark(specs: list[MethodSpec], model_path: str, batch_size=16, seq_len=128, steps=6, warmup=2, rounds=2,
+              reference="full", log=print) -> dict:
+    runs: dict[str, list[dict]] = {s.label: [] for s in specs}
+    for round_index in range(rounds):
+        for spec in specs:
+            result = run_worker(spec, model_path, batch_size, seq_len, steps, warmup)
+            log(f"round {round_index + 1}/{rounds} {spec.label}: "
+                + (f"{result['step_seconds']:.3f} s/step, peak {result['peak_rss_mb']:.0f} MB" if "error" not in result
+                   else f"FAILED {result['error']}"))
+            runs[spec.label].append(result)
+    rows = []
+    ref = _summary(runs[reference])
+    for spec in specs:
+        row = {"label": spec.label, "library": spec.library, "method": spec.method, "overrides": spec.overrides}
+        summary = _summary(runs[spec.label])
+        row.update(summary)
+        if "error" not in summary and "error" not in ref:
+            row["step_ratio"] = summary["step_seconds"] / ref["step_seconds"]
+            row["peak_rss_ratio"] = summary["peak_rss_mb"] / ref["peak_rss_mb"]
+            row["training_memory_ratio"] = summary["training_rss_increase_mb"] / ref["training_rss_increase_mb"]
+        rows.append(row)
+    return {"machine": machine_description(), "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
+            "warmup": warmup, "rounds": rounds, "reference": reference, "rows": rows}
+
+
+def _summary(results: list[dict]) -> dict:
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return {"error": results[-1].get("error", "no result")}
+    keys = ("step_seconds", "inference_seconds", "peak_rss_mb", "training_rss_increase_mb")
+    out = {k: statistics.median(r[k] for r in ok) for k in keys}
+    out["trainable_params"] = ok[0]["trainable_params"]
+    out["step_seconds_all"] = [round(r["step_seconds"], 4) for r in ok]
+    return out
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({cpu}), {torch.get_num_threads()} threads"
+    return f"{device}; torch {torch.__version__}; python {platform.python_version()}"
+
+
+def to_markdown(result: dict) -> str:
+    lines = [f"Machine: {result['machine']}  ",
+             f"Batch {result['batch_size']} x {result['seq_len']} tokens, {result['steps']} timed steps after "
+             f"{result['warmup']} warm-up, {result['rounds']} rounds (medians); ratios are to `{result['reference']}` "
+             "measured in the same run.", "",
+             "| method | library | trainable params | step (s) | step / full | peak RSS (MB) | peak RSS / full | training memory increase (MB) | increase / full |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in result["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['label']} | {row['library']} | | failed: {row['error']} | | | | | |")
+            continue
+        lines.append(f"| {row['label']} | {row['library']} | {row['trainable_params']:,} | {row['step_seconds']:.3f} | "
+                     f"{row.get('step_ratio', float('nan')):.2f} | {row['peak_rss_mb']:.0f} | {row.get('peak_rss_ratio', float('nan')):.2f} | "
+                     f"{row['training_rss_increase_mb']:.0f} | {row.get('training_memory_ratio', float('nan')):.2f} |")
+    return "\n".join(lines) + "\n"
