@@ -65,12 +65,13 @@ class PetlModel(nn.Module):
         self.methods = nn.ModuleDict()
         self.prompt: PromptEmbedding | None = None
         self.merged = False
-        self.task: dict | None = None  # task metadata of a loaded module
+        self.task: dict | None = None  # task metadata carried in the module header
         self._wrapped: dict[str, nn.Module] = {}  # path -> original module, to unload
         self._hooks: list[Any] = []
         self._prefix_modules: list[nn.Module] = []
         self._prefix_original: str | None = None
         self.flat_prefix = flat_prefix or not config.prefix_mlp
+        self.group_rules: list = []  # see parameter_groups
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}  # for unload
         self._attach()
         self._set_trainable()
@@ -249,6 +250,33 @@ class PetlModel(nn.Module):
             kwargs["token_type_ids"] = torch.cat([tt.new_zeros(batch, n), tt], dim=1)
         return kwargs
 
+    # ================================================================= training hooks
+    @property
+    def generation_config(self):
+        return getattr(self.model, "generation_config", None)
+
+    def parameter_groups(self, learning_rate: float, weight_decay: float) -> list[dict]:
+        """Optimizer groups: biases, LayerNorm weights and scalars without weight decay, the rest with it.
+
+        Methods with parameters that need their own rate (mask scores, gate logits, scales) add
+        (predicate, {"lr": ..., "weight_decay": ...}) rules to ``self.group_rules``; the first match wins.
+        """
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            settings = {"lr": learning_rate, "weight_decay": 0.0 if param.dim() < 2 else weight_decay}
+            for predicate, override in self.group_rules:
+                if predicate(name, param):
+                    settings = {**settings, **override}
+                    break
+            groups.setdefault((settings["lr"], settings["weight_decay"]), []).append(param)
+        return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """Loss terms a method adds to the task loss (none for the methods of the unified design space)."""
+        return None
+
     # ================================================================= accounting
     def head_parameters(self) -> dict[str, nn.Parameter]:
         params = dict(self.model.named_parameters())
@@ -262,7 +290,7 @@ class PetlModel(nn.Module):
         backbone_params = sum(p.numel() for p in self.model.parameters() if id(p) not in head_ids)
         method_params = sum(p.numel() for p in self.methods.parameters() if p.requires_grad)
         trainable = method_params + (backbone_params if self.config.full_finetune else 0)
-        header, weights = serialize(self)
+        header, weights = serialize(self, self.task)
         return {
             "preset": self.config.preset,
             "family": self.sites.family.family,
@@ -357,9 +385,12 @@ class PetlModel(nn.Module):
 
     # ================================================================= persistence
     def save(self, directory, task: dict | None = None) -> dict:
+        """Write the task module; ``task`` (name, labels, metrics...) is kept in its header and in ``self.task``."""
         from .storage import save_module
 
-        return save_module(self, directory, task=task)
+        if task is not None:
+            self.task = task
+        return save_module(self, directory, task=self.task)
 
     def export_peft(self, directory, base_model_name_or_path: str | None = None) -> None:
         from .peft_export import export_peft

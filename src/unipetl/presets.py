@@ -94,6 +94,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Default learning rates for `unipetl train` (override with --learning-rate). Full fine-tuning needs a
+# small rate; the PETL methods train few, freshly initialised parameters and take larger ones (He et
+# al. §3.5 use 1e-4 over 10 epochs; the short default runs here need more per step).
+LEARNING_RATES: dict[str, float] = {
+    "houlsby": 1e-3, "pfeiffer": 1e-3, "parallel": 1e-3, "scaled_parallel": 1e-3, "lora": 1e-3, "prefix": 1e-3,
+    "prompt_tuning": 3e-2, "bitfit": 1e-3, "mam": 1e-3, "mam_glue": 1e-3, "full": 5e-5,
+}
+
+
+def default_learning_rate(preset: str | None) -> float:
+    return LEARNING_RATES.get(preset or "", 1e-3)
+
+
 def list_presets() -> list[str]:
     """Names of every preset, in the order of the table above."""
     return list(PRESETS)

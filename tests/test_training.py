@@ -1,0 +1,187 @@
+"""Training, evaluation and the command line on a tiny BERT with MiniLM's tokenizer (fast), plus the
+SST-2 quality check on the real MiniLM (slow)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import transformers as T
+from transformers import TrainerCallback
+
+import unipetl
+from unipetl.cli import main
+from unipetl.defaults import default_model_path
+from unipetl.training import TrainOptions, train_task
+
+GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"GLUE data directory not available: {GLUE}")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A random-initialised 2-layer BERT saved with the real MiniLM tokenizer, so the CLI can load it by path."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
+    T.set_seed(0)
+    config = T.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=128)
+    T.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def quick(**kw):
+    return TrainOptions(**{"max_train_samples": 48, "epochs": 2, "batch_size": 16, "max_length": 48, "progress": False, **kw})
+
+
+@needs_glue
+def test_train_writes_module_and_results_and_evaluate_agrees(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli("train", "--task", "cb", "--method", "pfeiffer", "--model", tiny_bert, "--data-dir", GLUE,
+                   "--output-dir", out, "--epochs", 1, "--max-train-samples", 32, "--max-length", 48, "--no-progress")
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "trainable parameters" in printed and "full model" in printed
+    results = json.loads((out / "results.json").read_text())
+    for key in ("task", "method", "model", "metrics", "trainable_params", "head_params", "stored_bytes", "train_seconds"):
+        assert key in results
+    assert results["task"] == "cb" and results["method"] == "pfeiffer"
+    assert set(results["metrics"]) >= {"accuracy", "macro_f1", "combined_score"}
+    assert results["stored_bytes"] == sum(p.stat().st_size for p in (out / "module").iterdir())
+    assert run_cli("evaluate", "--module", out / "module", "--data-dir", GLUE) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    for name in ("accuracy", "macro_f1"):
+        assert evaluated[name] == pytest.approx(results["metrics"][name], abs=1e-9)
+
+
+@needs_glue
+def test_predict_gives_one_line_per_input(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_task("sst2", "lora", tiny_bert, str(GLUE), str(out), quick(), log=lambda m: None)
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"text": "a wonderful film"}\n{"sentence": "dull and slow"}\n{"texts": ["fine"]}\n')
+    capsys.readouterr()  # drop the training logs
+    assert run_cli("predict", "--module", out / "module", "--input", inputs) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    assert all(json.loads(line)["prediction"] in ("negative", "positive") for line in lines)
+
+
+@needs_glue
+@pytest.mark.parametrize("task,method", [("stsb", "lora"), ("copa", "houlsby"), ("wsc", "prefix"), ("cola", "bitfit")])
+def test_every_task_kind_trains(tiny_bert, tmp_path, task, method):
+    overrides = {"attn_bn": 4, "mid_dim": 16} if method == "prefix" else {}
+    results = train_task(task, method, tiny_bert, str(GLUE), str(tmp_path / "r"), quick(max_train_samples=32, epochs=1),
+                         overrides=overrides, log=lambda m: None)
+    assert results["metrics"]
+    assert -1.0 <= results["main_score"] <= 1.0
+
+
+class Interrupt(TrainerCallback):
+    """Stops the process-like run at a given step, after the step's checkpoint logic ran."""
+
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt
+
+
+@needs_glue
+def test_a_killed_run_resumed_from_its_checkpoint_ends_like_an_uninterrupted_one(tiny_bert, tmp_path):
+    options = quick(max_train_samples=64, epochs=3)  # 4 steps per epoch, checkpoints at 4, 8, 12
+    full = train_task("sst2", "pfeiffer", tiny_bert, str(GLUE), str(tmp_path / "a"), options, log=lambda m: None)
+    with pytest.raises(KeyboardInterrupt):
+        train_task("sst2", "pfeiffer", tiny_bert, str(GLUE), str(tmp_path / "b"), quick(max_train_samples=64, epochs=3),
+                   log=lambda m: None, callbacks=[Interrupt(6)])
+    assert (tmp_path / "b" / "checkpoints" / "checkpoint-4").is_dir()
+    assert not (tmp_path / "b" / "results.json").exists()
+    resumed = train_task("sst2", "pfeiffer", tiny_bert, str(GLUE), str(tmp_path / "b"), quick(max_train_samples=64, epochs=3),
+                         resume=True, log=lambda m: None)
+    assert resumed["metrics"] == full["metrics"]
+    assert resumed["validation_metrics"]["main_score"] == full["validation_metrics"]["main_score"]
+
+
+# ------------------------------------------------------------------ bad input through the CLI
+@pytest.mark.parametrize("args,message", [
+    (["train", "--task", "sst3"], "unknown task 'sst3'; valid task names: cola, sst2"),
+    (["train", "--task", "sst2", "--method", "lorra"], "unknown preset 'lorra'; known presets: bitfit, full, houlsby"),
+    (["train", "--task", "sst2", "--set", "rank=8"], "unknown config field 'rank'"),
+    (["train", "--task", "sst2", "--set", "attn_bn"], "expected key=value"),
+    (["train", "--task", "sst2", "--set", "attn_option=parallel"], "attn_option='parallel' is impossible with attn_mode='lora'"),
+    (["train", "--task", "sst2", "--precision", "fp16"], "needs a GPU"),
+    (["train", "--task", "sst2", "--protocol", "random"], "unknown split protocol 'random'"),
+])
+def test_bad_arguments_exit_non_zero_with_a_clear_message_and_no_output(args, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run_cli(*args, "--output-dir", out, "--data-dir", GLUE)
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_data_file_is_named(tiny_bert, tmp_path, capsys):
+    (tmp_path / "data" / "CB").mkdir(parents=True)
+    (tmp_path / "data" / "CB" / "train.jsonl").write_text('{"premise": "a", "hypothesis": "b", "label": "entailment"}\n')
+    code = run_cli("train", "--task", "cb", "--model", tiny_bert, "--data-dir", tmp_path / "data", "--output-dir", tmp_path / "o")
+    assert code == 2
+    assert "val.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_label_in_a_data_file_names_file_line_and_field(tiny_bert, tmp_path, capsys):
+    shutil.copytree(GLUE / "CB", tmp_path / "data" / "CB")
+    lines = (tmp_path / "data" / "CB" / "train.jsonl").read_text().splitlines()
+    lines[2] = lines[2].replace('"label": "entailment"', '"label": "maybe"')
+    (tmp_path / "data" / "CB" / "train.jsonl").write_text("\n".join(lines) + "\n")
+    code = run_cli("train", "--task", "cb", "--model", tiny_bert, "--data-dir", tmp_path / "data", "--output-dir", tmp_path / "o")
+    err = capsys.readouterr().err
+    assert code == 2 and "train.jsonl" in err and "line 3" in err and "'maybe'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unsupported_model_is_refused_before_training(tmp_path, capsys):
+    path = tmp_path / "gpt2"
+    T.GPT2Model(T.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50)).save_pretrained(path)
+    code = run_cli("train", "--task", "sst2", "--model", path, "--data-dir", GLUE, "--output-dir", tmp_path / "o")
+    assert code == 2 and "'gpt2'" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_non_empty_output_dir_needs_overwrite_or_resume(tiny_bert, tmp_path, capsys):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("x")
+    code = run_cli("train", "--task", "cb", "--model", tiny_bert, "--data-dir", GLUE, "--output-dir", tmp_path / "o")
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "o" / "keep.txt").exists()
+
+
+def test_tasks_and_help_commands(capsys):
+    assert run_cli("tasks", "--json") == 0
+    names = {row["name"] for row in json.loads(capsys.readouterr().out)}
+    assert {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "boolq", "cb", "copa", "multirc",
+            "record", "rte_superglue", "wic", "wsc"} <= names
+    proc = subprocess.run([sys.executable, "-m", "unipetl.cli", "train", "--task", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown task 'nope'" in proc.stderr
+
+
+# ------------------------------------------------------------------ quality on the real MiniLM (slow)
+@pytest.mark.slow
+@needs_glue
+def test_sst2_lora_and_pfeiffer_within_three_points_of_full(tmp_path):
+    """MiniLM, SST-2 (4,000 training examples), 2 epochs, sequence length 64, official dev set as test."""
+    scores = {}
+    for method in ("full", "lora", "pfeiffer"):
+        options = TrainOptions(epochs=2, max_train_samples=4000, max_length=64, batch_size=16, progress=False)
+        scores[method] = train_task("sst2", method, None, str(GLUE), str(tmp_path / method), options,
+                                    log=lambda m: None)["metrics"]["accuracy"]
+    print("SST-2 accuracy:", scores)
+    assert all(score > 0.80 for score in scores.values()), scores
+    assert scores["lora"] >= scores["full"] - 0.03 and scores["pfeiffer"] >= scores["full"] - 0.03, scores
