@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import transformers as T
 from transformers import TrainerCallback
 
@@ -185,3 +186,104 @@ def test_sst2_lora_and_pfeiffer_within_three_points_of_full(tmp_path):
     print("SST-2 accuracy:", scores)
     assert all(score > 0.80 for score in scores.values()), scores
     assert scores["lora"] >= scores["full"] - 0.03 and scores["pfeiffer"] >= scores["full"] - 0.03, scores
+
+
+# ------------------------------------------------------------------ users' own data
+def _write_csv(path, rows, header="review,stars"):
+    path.write_text(header + "\n" + "".join(f'"{t}",{y}\n' for t, y in rows))
+
+
+def test_own_csv_trains_and_the_module_predicts(tiny_bert, tmp_path, capsys):
+    rows = [(f"good movie number {i}", "pos") if i % 2 else (f"bad movie number {i}", "neg") for i in range(40)]
+    _write_csv(tmp_path / "train.csv", rows)
+    _write_csv(tmp_path / "test.csv", rows[:10])
+    out = tmp_path / "run"
+    code = run_cli("train", "--train-file", tmp_path / "train.csv", "--test-file", tmp_path / "test.csv",
+                   "--text-columns", "review", "--label-column", "stars", "--method", "bitfit", "--model", tiny_bert,
+                   "--epochs", 1, "--output-dir", out, "--no-progress")
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "custom" and results["train_examples"] == 36  # 10 % held out for validation
+    (tmp_path / "in.jsonl").write_text('{"text": "good film"}\n')
+    capsys.readouterr()
+    assert run_cli("predict", "--module", out / "module", "--input", tmp_path / "in.jsonl") == 0
+    assert json.loads(capsys.readouterr().out)["prediction"] in ("neg", "pos")
+
+
+@pytest.mark.parametrize("rows,header,extra,message", [
+    ([("fine", "pos")] * 20, "review,score", [], "missing column 'stars'"),
+    ([("fine", "pos")] * 20, "review,stars", ["--task-kind", "regression"], "expected a number for a regression target, got 'pos'"),
+    ([], "review,stars", [], "no data rows"),
+])
+def test_own_data_errors_name_the_file_and_field(tiny_bert, tmp_path, capsys, rows, header, extra, message):
+    _write_csv(tmp_path / "train.csv", rows, header)
+    code = run_cli("train", "--train-file", tmp_path / "train.csv", "--test-file", tmp_path / "train.csv",
+                   "--text-columns", "review", "--label-column", "stars", "--model", tiny_bert,
+                   "--output-dir", tmp_path / "o", *extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "train.csv" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_label_in_own_test_file_is_named(tiny_bert, tmp_path, capsys):
+    _write_csv(tmp_path / "train.csv", [("a", "pos"), ("b", "neg")] * 10)
+    _write_csv(tmp_path / "test.csv", [("a", "pos"), ("b", "meh")])
+    code = run_cli("train", "--train-file", tmp_path / "train.csv", "--test-file", tmp_path / "test.csv",
+                   "--text-columns", "review", "--label-column", "stars", "--model", tiny_bert, "--output-dir", tmp_path / "o")
+    err = capsys.readouterr().err
+    assert code == 2 and "test.csv: line 3" in err and "unknown label 'meh'" in err
+
+
+# ------------------------------------------------------------------ multi-task
+def test_temperature_sampler_draws_tasks_with_the_right_probabilities():
+    from unipetl.multitask import TaskBatchSampler
+
+    sampler = TaskBatchSampler([900, 100], batch_size=10, temperature=2.0, seed=0)
+    expected = [30 / 40, 10 / 40]  # sqrt(900) : sqrt(100)
+    assert sampler.probabilities.tolist() == pytest.approx(expected)
+    counts = [0, 0]
+    for epoch in range(40):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            task = 0 if batch[0] < 900 else 1
+            assert all((i < 900) == (task == 0) for i in batch)  # one task per batch
+            counts[task] += 1
+    assert counts[0] / sum(counts) == pytest.approx(expected[0], abs=0.03)
+    sampler.set_epoch(3)
+    first = list(sampler)
+    sampler.set_epoch(3)
+    assert list(sampler) == first  # reproducible per epoch (resume relies on it)
+
+
+@needs_glue
+def test_multitask_shares_the_method_and_saves_a_loadable_module_per_task(tiny_bert, tmp_path, capsys):
+    from unipetl.training import load_module
+
+    out = tmp_path / "mt"
+    code = run_cli("train", "--task", "cb,stsb", "--multitask", "--method", "pfeiffer", "--model", tiny_bert,
+                   "--data-dir", GLUE, "--output-dir", out, "--epochs", 1, "--max-train-samples", 32,
+                   "--max-length", 48, "--temperature", 2, "--no-progress")
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["tasks"] == ["cb", "stsb"] and results["multitask"] is True
+    assert set(results["per_task"]["stsb"]["metrics"]) >= {"pearson", "spearmanr"}
+    assert set(results["per_task"]["cb"]["metrics"]) >= {"accuracy", "macro_f1"}
+    for task in ("cb", "stsb"):
+        petl, backbone, spec, info = load_module(str(out / "module" / task))
+        assert spec.name == task
+        capsys.readouterr()
+        assert run_cli("evaluate", "--module", out / "module" / task, "--data-dir", GLUE) == 0
+        evaluated = json.loads(capsys.readouterr().out)
+        for name, value in results["per_task"][task]["metrics"].items():
+            assert evaluated[name] == pytest.approx(value, abs=1e-6)
+    # the two modules hold the same method tensors (one shared adapter), different heads
+    from safetensors.torch import load_file
+    a, b = (load_file(str(out / "module" / t / "weights.safetensors")) for t in ("cb", "stsb"))
+    shared = [k for k in a if k.startswith("methods.")]
+    assert shared and all(torch.equal(a[k], b[k]) for k in shared)
+    assert a["head.classifier.weight"].shape[0] == 3 and b["head.classifier.weight"].shape[0] == 1
+
+
+def test_several_tasks_without_multitask_flag_are_refused(capsys, tmp_path):
+    assert run_cli("train", "--task", "cb,rte", "--output-dir", tmp_path / "o") == 2
+    assert "--multitask" in capsys.readouterr().err

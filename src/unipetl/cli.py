@@ -55,6 +55,13 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    custom = parser.add_argument_group("your own data (CSV, TSV or JSONL with a header / keys)")
+    custom.add_argument("--train-file", help="train on this file instead of a registered task")
+    custom.add_argument("--validation-file", help="default: a seeded 10 %% of the training file")
+    custom.add_argument("--test-file", help="default: the validation file")
+    custom.add_argument("--text-columns", help="one or two column names, comma-separated")
+    custom.add_argument("--label-column", default="label")
+    custom.add_argument("--task-kind", default="classification", choices=("classification", "regression"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a design-config field, e.g. --set attn_bn=8 (repeatable)")
 
@@ -65,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a method on a task and save its task module")
     train.add_argument("--task", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK}; see `unipetl tasks`)")
     train.add_argument("--method", default=DEFAULT_METHOD, help=f"preset (default {DEFAULT_METHOD}; see `unipetl methods`)")
+    train.add_argument("--multitask", action="store_true",
+                       help="train the comma-separated --task list jointly: one shared method, a head per task")
+    train.add_argument("--temperature", type=float, default=1.0,
+                       help="multi-task sampling: a batch's task is drawn with p ∝ size^(1/T) (1 = proportional)")
     _add_training_options(train)
 
     evaluate = sub.add_parser("evaluate", help="metrics of a saved task module, as JSON")
@@ -99,9 +110,10 @@ def _format_bytes(n: int) -> str:
 
 
 def cmd_train(args) -> int:
+    from .errors import ConfigError
     from .training import TrainOptions, train_task
 
-    default_run = args.task == DEFAULT_TASK
+    default_run = args.task == DEFAULT_TASK and not args.train_file
     options = TrainOptions(
         epochs=args.epochs if args.epochs is not None else (2.0 if default_run else 3.0), max_steps=args.max_steps,
         learning_rate=args.learning_rate, batch_size=args.batch_size,
@@ -109,10 +121,21 @@ def cmd_train(args) -> int:
         max_train_samples=args.max_train_samples, early_stopping_patience=args.early_stopping_patience,
         precision=args.precision, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
         progress=not args.no_progress)
-    output = args.output_dir or f"runs/{args.task.replace(',', '+')}-{args.method}-seed{args.seed}"
+    if "," in args.task or args.multitask:
+        return _train_multitask(args, options)
+    custom = None
+    if args.train_file:
+        if not args.text_columns:
+            raise ConfigError("--train-file needs --text-columns (one or two column names, comma-separated)")
+        custom = {"train_file": args.train_file, "validation_file": args.validation_file, "test_file": args.test_file,
+                  "text_columns": args.text_columns.split(","), "label_column": args.label_column,
+                  "kind": args.task_kind, "name": "custom" if args.task == DEFAULT_TASK else args.task}
+    name = custom["name"] if custom else args.task
+    output = args.output_dir or f"runs/{name}-{args.method}-seed{args.seed}"
     results = train_task(args.task, args.method, args.model, args.data_dir, output, options, _parse_set(args.set),
-                         resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
-    metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in results["metrics"].items() if isinstance(v, float))
+                         resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr),
+                         custom=custom)
+    metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in results["metrics"].items() if k != "main_score")
     print(f"\n{results['task']} / {results['method']}: test {metrics}")
     print(f"trainable parameters: {results['trainable_params']:,} ({results['trainable_percent']:.3f} % of "
           f"{results['backbone_params']:,}) + head {results['head_params']:,}; trained in {results['train_seconds']:.0f} s")
@@ -120,6 +143,26 @@ def cmd_train(args) -> int:
           f"vs {_format_bytes(results['full_model_bytes'])} for the full model "
           f"({results['full_model_bytes'] / results['stored_bytes']:.0f}x smaller)")
     print(f"results: {Path(output) / 'results.json'}")
+    return 0
+
+
+def _train_multitask(args, options) -> int:
+    from .errors import ConfigError
+    from .training import train_multitask
+
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    if not args.multitask:
+        raise ConfigError(f"--task {args.task!r} names several tasks; add --multitask to train them jointly")
+    output = args.output_dir or f"runs/{'+'.join(tasks)}-{args.method}-seed{args.seed}"
+    results = train_multitask(tasks, args.method, args.model, args.data_dir, output, options, _parse_set(args.set),
+                              args.temperature, resume=args.resume, overwrite=args.overwrite,
+                              log=lambda m: print(m, file=sys.stderr))
+    print()
+    for name, row in results["per_task"].items():
+        metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in row["metrics"].items() if k != "main_score")
+        print(f"{name} / {results['method']} (multi-task): test {metrics}; module {_format_bytes(row['stored_bytes'])}")
+    print(f"mean main score {100 * results['main_score']:.2f}; shared trainable parameters {results['trainable_params']:,}")
+    print(f"modules: {Path(output) / 'module'}/<task>; results: {Path(output) / 'results.json'}")
     return 0
 
 

@@ -383,6 +383,16 @@ class PetlModel(nn.Module):
             param.requires_grad_(self._requires_grad.get(name, True))
         return self.model
 
+    def for_task_model(self, model: nn.Module) -> "PetlModel":
+        """A view of this PetlModel on another task model that shares its backbone (multi-task heads)."""
+        import copy
+
+        view = copy.copy(self)
+        view._modules = dict(self._modules)
+        view._modules["model"] = model
+        view.head_names = head_parameter_names(model)
+        return view
+
     # ================================================================= persistence
     def save(self, directory, task: dict | None = None) -> dict:
         """Write the task module; ``task`` (name, labels, metrics...) is kept in its header and in ``self.task``."""

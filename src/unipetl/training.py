@@ -26,7 +26,8 @@ from .encoding import collator_for, encode
 from .errors import ConfigError, DataError
 from .model import PetlModel, get_petl_model
 from .presets import default_learning_rate
-from .tasks import compute_metrics, get_task, main_score, make_splits, parse_text_target, record_predictions
+from .tasks import (compute_metrics, custom_splits, custom_task_spec, get_task, main_score, make_splits,
+                    parse_text_target, record_predictions)
 
 RESULTS_FILE = "results.json"
 MODULE_DIR = "module"
@@ -64,6 +65,33 @@ class TrainOptions:
 
 
 class PetlTrainer(Seq2SeqTrainer):
+    task_batch_sampler = None  # multi-task: one task per batch (multitask.TaskBatchSampler)
+    task_evals: list | None = None  # multi-task: (task name, eval dataset, metrics function) per task
+
+    def get_train_dataloader(self):
+        if self.task_batch_sampler is None:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.train_dataset, batch_sampler=self.task_batch_sampler, collate_fn=self.data_collator)
+        return self.accelerator.prepare(loader)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **kwargs):
+        if self.task_evals is None or eval_dataset is not None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kwargs)
+        metrics, scores = {}, []
+        for name, dataset, function in self.task_evals:
+            previous, self.compute_metrics = self.compute_metrics, function
+            try:
+                metrics.update(super().evaluate(dataset, ignore_keys, f"{metric_key_prefix}_{name}", **kwargs))
+            finally:
+                self.compute_metrics = previous
+            scores.append(metrics[f"{metric_key_prefix}_{name}_main_score"])
+        # Checkpoint selection on the unweighted mean of the tasks' main scores.
+        metrics[f"{metric_key_prefix}_main_score"] = float(np.mean(scores))
+        self.log({f"{metric_key_prefix}_main_score": metrics[f"{metric_key_prefix}_main_score"]})
+        return metrics
+
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             petl = self.accelerator.unwrap_model(self.model)
@@ -144,14 +172,12 @@ def _precision_flags(precision: str) -> dict:
     return {"fp16": precision == "fp16", "bf16": precision == "bf16"}
 
 
-def build_trainer(petl: PetlModel, backbone: Backbone, task, splits: dict, options: TrainOptions,
-                  output_dir: Path, learning_rate: float) -> tuple[PetlTrainer, dict]:
-    encoded = {name: encode(examples, task, backbone.tokenizer, backbone.mode, options.max_length)
-               for name, examples in splits.items()}
-    steps_per_epoch = math.ceil(len(encoded["train"]) / options.batch_size)
+def training_arguments(options: TrainOptions, output_dir: Path, learning_rate: float, train_size: int,
+                       text_to_text: bool) -> Seq2SeqTrainingArguments:
+    steps_per_epoch = math.ceil(train_size / options.batch_size)
     total = options.max_steps if options.max_steps > 0 else math.ceil(steps_per_epoch * options.epochs)
     every = max(1, min(steps_per_epoch, total))  # evaluate and checkpoint once per epoch
-    args = Seq2SeqTrainingArguments(
+    return Seq2SeqTrainingArguments(
         output_dir=str(output_dir / CHECKPOINT_DIR),
         num_train_epochs=options.epochs, max_steps=options.max_steps,
         learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=options.warmup_ratio,
@@ -161,8 +187,15 @@ def build_trainer(petl: PetlModel, backbone: Backbone, task, splits: dict, optio
         load_best_model_at_end=True, metric_for_best_model="main_score", greater_is_better=True,
         logging_steps=options.logging_steps, report_to=[], disable_tqdm=not options.progress,
         seed=options.seed, data_seed=options.seed, remove_unused_columns=False, label_names=["labels"],
-        predict_with_generate=backbone.mode == "text_to_text", generation_max_length=16,
+        predict_with_generate=text_to_text, generation_max_length=16,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), **_precision_flags(options.precision))
+
+
+def build_trainer(petl: PetlModel, backbone: Backbone, task, splits: dict, options: TrainOptions,
+                  output_dir: Path, learning_rate: float) -> tuple[PetlTrainer, dict]:
+    encoded = {name: encode(examples, task, backbone.tokenizer, backbone.mode, options.max_length)
+               for name, examples in splits.items()}
+    args = training_arguments(options, output_dir, learning_rate, len(encoded["train"]), backbone.mode == "text_to_text")
     callbacks = [EarlyStoppingCallback(options.early_stopping_patience)] if options.early_stopping_patience else []
     trainer = PetlTrainer(model=petl, args=args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
                           data_collator=collator_for(backbone.mode, backbone.tokenizer),
@@ -172,8 +205,12 @@ def build_trainer(petl: PetlModel, backbone: Backbone, task, splits: dict, optio
 
 
 def evaluate_split(trainer: PetlTrainer, dataset, task, backbone: Backbone, examples) -> dict[str, float]:
+    previous = trainer.compute_metrics
     trainer.compute_metrics = metrics_function(task, backbone.mode, backbone.tokenizer, examples)
-    output = trainer.predict(dataset, metric_key_prefix="test")
+    try:
+        output = trainer.predict(dataset, metric_key_prefix="test")
+    finally:
+        trainer.compute_metrics = previous
     return {k[len("test_"):]: v for k, v in output.metrics.items()
             if not k.startswith(("test_runtime", "test_samples", "test_steps", "test_loss"))}
 
@@ -192,21 +229,28 @@ def write_json_atomically(path: Path, payload: dict) -> None:
 def train_task(task: str, method: str = "lora", model: str | None = None, data_dir: str | None = None,
                output_dir: str = "runs/unipetl", options: TrainOptions | None = None,
                overrides: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
-               log=print, callbacks: list | None = None) -> dict:
+               log=print, callbacks: list | None = None, custom: dict | None = None) -> dict:
     """Train ``method`` on ``task``, evaluate on the test split, save the task module and results.json.
 
-    Every input is checked (task, preset, config overrides, data files) before the output
+    ``custom`` trains on the user's own files instead: keys of `tasks.custom_splits` (train_file,
+    text_columns, label_column, kind, validation_file, test_file). Every input is checked (task,
+    preset, config overrides, data files) before the output
     directory is created; a run that fails afterwards removes the directory it created. An
     interrupted run keeps its checkpoints: run again with ``resume=True``.
     """
     options = options or TrainOptions()
     options.validate()
-    spec = get_task(task)
     config = PetlConfig.from_preset(method, **(overrides or {}))
     out = Path(output_dir)
     if out.exists() and not resume and not overwrite and any(out.iterdir()):
         raise ConfigError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue")
-    splits = make_splits(spec, data_dir, options.protocol, options.seed, options.max_train_samples)
+    if custom:
+        spec, splits = custom_splits(**custom, seed=options.seed)
+        if options.max_train_samples:
+            splits["train"] = splits["train"][: options.max_train_samples]
+    else:
+        spec = get_task(task)
+        splits = make_splits(spec, data_dir, options.protocol, options.seed, options.max_train_samples)
     for name in ("train", "validation", "test"):
         if not splits.get(name):
             raise DataError(f"task {spec.name!r}: the {name} split is empty (protocol {options.protocol!r}, data {data_dir})")
@@ -237,6 +281,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
         validation = {k[len("eval_"):]: v for k, v in trainer.evaluate().items()
                       if k.startswith("eval_") and not k.startswith(("eval_runtime", "eval_samples", "eval_steps"))}
         task_info = {"name": spec.name, "kind": spec.kind, "label_names": list(spec.label_names), "mode": backbone.mode,
+                     "benchmark": spec.benchmark, "text_fields": list(spec.text_fields),
                      "model": backbone.name_or_path, "max_length": options.max_length, "test_metrics": metrics}
         petl.save(out / MODULE_DIR, task=task_info)
         report = petl.report()
@@ -267,7 +312,10 @@ def load_module(module_dir: str, model: str | None = None):
     task_info = header.get("task") or {}
     if "name" not in task_info:
         raise DataError(f"{module_dir}: the module header names no task; it was not written by `unipetl train`")
-    spec = get_task(task_info["name"])
+    if task_info.get("benchmark") == "custom" and task_info["name"] != "polarity":
+        spec = custom_task_spec(task_info["name"], task_info["kind"], task_info["label_names"], task_info["text_fields"])
+    else:
+        spec = get_task(task_info["name"])
     backbone = load_backbone(model or task_info.get("model"), spec)
     petl = load_petl_model(backbone.model, module_dir).eval()
     return petl, backbone, spec, task_info
@@ -290,3 +338,88 @@ def evaluate_module(module_dir: str, task: str | None = None, data_dir: str | No
         trainer, encoded = build_trainer(petl, backbone, spec, {"train": splits[split], "validation": splits[split],
                                                                 split: splits[split]}, options, Path(tmp), 1e-4)
         return evaluate_split(trainer, encoded[split], spec, backbone, splits[split])
+
+
+# ----------------------------------------------------------------------- multi-task training
+def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | None = None, data_dir: str | None = None,
+                    output_dir: str = "runs/unipetl-multitask", options: TrainOptions | None = None,
+                    overrides: dict[str, Any] | None = None, temperature: float = 1.0, resume: bool = False,
+                    overwrite: bool = False, log=print) -> dict:
+    """Train one method shared by ``tasks`` (a head per task), batches drawn by temperature sampling.
+
+    Writes one task module per task under OUTPUT/module/<task>/ (each loads alone with
+    `load_petl_model`) and one results.json with every task's test metrics and their mean.
+    """
+    from .multitask import MultiTaskModel, TaskBatchSampler, TaskTaggedCollator, TaggedDataset, concat_tagged, share_backbone
+
+    options = options or TrainOptions()
+    options.validate()
+    if len(set(tasks)) < 2:
+        raise ConfigError(f"multi-task training needs at least two different tasks, got {tasks}")
+    config = PetlConfig.from_preset(method, **(overrides or {}))
+    specs = [get_task(t) for t in tasks]
+    out = Path(output_dir)
+    if out.exists() and not resume and not overwrite and any(out.iterdir()):
+        raise ConfigError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue")
+    splits = {s.name: make_splits(s, data_dir, options.protocol, options.seed, options.max_train_samples) for s in specs}
+    for name, task_splits in splits.items():
+        for part in ("train", "validation", "test"):
+            if not task_splits.get(part):
+                raise DataError(f"task {name!r}: the {part} split is empty (protocol {options.protocol!r}, data {data_dir})")
+    backbones = [load_backbone(model, s) for s in specs]
+    if len({b.mode == "text_to_text" for b in backbones}) > 1:
+        raise ConfigError("all tasks of a multi-task run must use the same backbone mode")
+    share_backbone([b.model for b in backbones])
+    petl = get_petl_model(backbones[0].model, config)
+    joint = MultiTaskModel(petl, [s.name for s in specs], [b.model for b in backbones])
+    learning_rate = options.learning_rate or default_learning_rate(config.preset)
+
+    created = not out.exists()
+    if overwrite and out.exists() and not resume:
+        shutil.rmtree(out)
+        created = True
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        encoded = {s.name: {part: encode(ex, s, b.tokenizer, b.mode, options.max_length) for part, ex in splits[s.name].items()}
+                   for s, b in zip(specs, backbones)}
+        train_sets = [encoded[s.name]["train"] for s in specs]
+        args = training_arguments(options, out, learning_rate, sum(len(d) for d in train_sets), backbones[0].mode == "text_to_text")
+        # eval_dataset only satisfies the Trainer's check: evaluate() scores every task (task_evals).
+        trainer = PetlTrainer(model=joint, args=args, train_dataset=concat_tagged(train_sets),
+                              eval_dataset=TaggedDataset(encoded[specs[0].name]["validation"], 0),
+                              data_collator=TaskTaggedCollator([collator_for(b.mode, b.tokenizer) for b in backbones]))
+        trainer.task_batch_sampler = TaskBatchSampler([len(d) for d in train_sets], options.batch_size, temperature, options.seed)
+        trainer.task_evals = [(s.name, TaggedDataset(encoded[s.name]["validation"], i),
+                               metrics_function(s, b.mode, b.tokenizer, splits[s.name]["validation"]))
+                              for i, (s, b) in enumerate(zip(specs, backbones))]
+        log(f"multi-task {', '.join(s.name for s in specs)}: {config.preset}, temperature {temperature}, "
+            f"train sizes {[len(d) for d in train_sets]}, lr {learning_rate:g}")
+        start = time.perf_counter()
+        checkpoint = resume and any((out / CHECKPOINT_DIR).glob("checkpoint-*"))
+        trainer.train(resume_from_checkpoint=True if checkpoint else None)
+        train_seconds = time.perf_counter() - start
+        per_task = {}
+        for i, (s, b) in enumerate(zip(specs, backbones)):
+            metrics = evaluate_split(trainer, TaggedDataset(encoded[s.name]["test"], i), s, b, splits[s.name]["test"])
+            view = petl.for_task_model(b.model)
+            view.save(out / MODULE_DIR / s.name, task={
+                "name": s.name, "kind": s.kind, "label_names": list(s.label_names), "mode": b.mode, "benchmark": s.benchmark,
+                "text_fields": list(s.text_fields), "model": b.name_or_path, "max_length": options.max_length,
+                "test_metrics": metrics, "multitask_with": [x.name for x in specs]})
+            report = view.report()
+            per_task[s.name] = {"metrics": metrics, "main_score": main_score(s, metrics), "stored_bytes": report["stored_bytes"],
+                                "head_params": report["head_params"]}
+        results = {
+            "tasks": [s.name for s in specs], "task": "+".join(s.name for s in specs), "method": config.preset,
+            "model": backbones[0].name_or_path, "multitask": True, "temperature": temperature, "per_task": per_task,
+            "main_score": float(np.mean([v["main_score"] for v in per_task.values()])),
+            "trainable_params": petl.report()["trainable_params"], "train_seconds": train_seconds,
+            "learning_rate": learning_rate, "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        }
+        write_json_atomically(out / RESULTS_FILE, results)
+    except Exception:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return results

@@ -13,7 +13,8 @@ from .metrics import (
 )
 from .polarity import fetch_polarity, load_polarity, read_polarity_csv
 from .registry import Example, TaskSpec, get_task, list_tasks, register_task
-from .splits import PROTOCOLS, make_splits
+from .splits import PROTOCOLS, make_splits, split_off_validation
+from .custom import custom_splits, custom_task_spec
 
 __all__ = [
     "Example",
@@ -22,6 +23,9 @@ __all__ = [
     "benchmark_average",
     "build_examples",
     "compute_metrics",
+    "custom_splits",
+    "custom_task_spec",
+    "split_off_validation",
     "fetch_polarity",
     "get_task",
     "list_tasks",

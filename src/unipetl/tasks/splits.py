@@ -110,3 +110,19 @@ def _subsample(spec: TaskSpec, train: list[Example], n: int, seed: int) -> list[
     # A generator of its own (seed + 1) so the subset does not repeat the protocol's permutation.
     chosen = np.sort(np.random.default_rng(seed + 1).permutation(len(units))[:n])
     return _take(train, units, chosen)
+
+
+def split_off_validation(examples: list[Example], fraction: float, seed: int,
+                         stratify: bool = True) -> tuple[list[Example], list[Example]]:
+    """(rest, validation): a seeded, optionally label-stratified fraction held out (users' own data)."""
+    from sklearn.model_selection import train_test_split
+
+    if len(examples) < 10:
+        raise DataError(f"{len(examples)} training rows are too few to hold out a validation split; give a validation file")
+    ids = np.arange(len(examples))
+    labels = [ex.label for ex in examples] if stratify else None
+    try:
+        keep, held = train_test_split(ids, test_size=fraction, random_state=seed, shuffle=True, stratify=labels)
+    except ValueError:  # a class too rare to stratify: fall back to a plain seeded split
+        keep, held = train_test_split(ids, test_size=fraction, random_state=seed, shuffle=True)
+    return [examples[i] for i in keep], [examples[i] for i in held]
