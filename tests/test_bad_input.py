@@ -113,3 +113,11 @@ def test_prompt_tuning_refuses_position_ids():
     batch = tiny_batch("bert")
     with pytest.raises(ValueError, match="position_ids"):
         petl(**batch, position_ids=torch.arange(7).expand(3, -1))
+
+
+def test_attaching_twice_to_one_backbone_is_refused():
+    model = tiny_model("bert")
+    petl = unipetl.get_petl_model(model, "lora")
+    with pytest.raises(unipetl.ConfigError, match="already has a unipetl method attached"):
+        unipetl.get_petl_model(model, "pfeiffer")
+    unipetl.get_petl_model(petl.unload(), "pfeiffer")  # fine after unload

@@ -9,7 +9,7 @@ from tiny_models import FAMILIES, logits, tiny_batch, tiny_model
 from unipetl import PetlConfig
 
 SMALL = {"prefix": dict(attn_bn=5, mid_dim=12), "prompt_tuning": dict(attn_bn=5),
-         "mam": dict(attn_bn=4, ffn_bn=16, mid_dim=12), "mam_glue": dict(mid_dim=12)}
+         "mam": dict(attn_bn=4, ffn_bn=16, mid_dim=12), "mam_glue": dict(mid_dim=12), "proprefix": dict(attn_bn=5, mid_dim=12)}
 PRESETS = [p for p in unipetl.list_presets()]
 CASES = [(f, p) for f in FAMILIES for p in PRESETS if not (f == "t5" and p == "bitfit")]
 

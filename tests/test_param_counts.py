@@ -12,7 +12,7 @@ from unipetl import PetlConfig
 
 d, f, L = HIDDEN, FFN, LAYERS
 SMALL = {"prefix": dict(attn_bn=5, mid_dim=12), "prompt_tuning": dict(attn_bn=5), "mam": dict(attn_bn=4, ffn_bn=16, mid_dim=12),
-         "mam_glue": dict(mid_dim=12)}
+         "mam_glue": dict(mid_dim=12), "proprefix": dict(attn_bn=5, mid_dim=12)}
 
 
 def sublayer_counts(family):
@@ -53,6 +53,16 @@ def expected(preset, family, model):
         head = {n for n, _ in model.named_parameters() if n.startswith(("classifier", "lm_head"))}
         return sum(p.numel() for n, p in model.named_parameters()
                    if n.endswith(".bias") and n not in head and "relative_attention_bias" not in n)
+    # ProPETL: one prototype (shared by all layers) plus a float score per masked weight entry per layer.
+    if preset == "proadapter":
+        r = d // 12
+        return adapter(r) + n_ffn * 2 * r * d
+    if preset == "prolora":
+        r = cfg.attn_bn
+        return 2 * (2 * r * d) + n_attn * 2 * (2 * r * d)  # q and v prototypes (A r x d, B d x r) + their scores
+    if preset == "proprefix":
+        l, m = cfg.attn_bn, cfg.mid_dim
+        return (l * d + d * m + m + m * 2 * d + 2 * d) + n_attn * l * 2 * d  # one-site generator + per-site scores
     if preset == "full":
         head = ("classifier",)
         return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(head))

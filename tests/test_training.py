@@ -287,3 +287,12 @@ def test_multitask_shares_the_method_and_saves_a_loadable_module_per_task(tiny_b
 def test_several_tasks_without_multitask_flag_are_refused(capsys, tmp_path):
     assert run_cli("train", "--task", "cb,rte", "--output-dir", tmp_path / "o") == 2
     assert "--multitask" in capsys.readouterr().err
+
+
+def test_methods_lists_every_preset_with_counts(tiny_bert, capsys):
+    assert run_cli("methods", "--model", tiny_bert, "--json") == 0
+    rows = {row["preset"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(unipetl.list_presets())
+    assert rows["full"]["trainable_params"] == rows["full"]["backbone_params"]
+    assert rows["lora"]["trainable_params"] == 2 * 4 * 16 * 32  # 2 layers x 4rd, r = 16, d = 32
+    assert all(row["stored_bytes"] > 0 for row in rows.values())

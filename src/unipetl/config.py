@@ -25,6 +25,7 @@ INIT_OPTIONS = ("bert", "lora")
 ADAPTER_ACTIVATIONS = ("relu", "swish", "gelu", "tanh")
 LORA_INITS = ("lora", "bert")
 LEARNABLE_SCALAR = "learnable_scalar"
+PARAM_SOURCES = ("owned", "masked_prototype")
 
 # Which insertion options each mode accepts (the first is used when the option is left unset).
 _ALLOWED_ATTN_OPTIONS = {
@@ -74,6 +75,12 @@ class PetlConfig:
     prefix_dropout: float = 0.0
     prefix_mlp: bool = True
     full_finetune: bool = False
+    # Where each layer's numbers come from: its own ("owned") or a prototype shared by all layers,
+    # read through a per-layer binary mask keeping the `mask_keep` fraction (ProPETL).
+    param_source: str = "owned"
+    mask_keep: float = 0.5
+    mask_learning_rate: float | None = None
+    mask_weight_decay: float = 0.1
     train_head: bool = True
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -132,6 +139,7 @@ class PetlConfig:
         _choice("ffn_adapter_init_option", self.ffn_adapter_init_option, INIT_OPTIONS)
         _choice("adapter_act", self.adapter_act, ADAPTER_ACTIVATIONS)
         _choice("lora_init", self.lora_init, LORA_INITS)
+        _choice("param_source", self.param_source, PARAM_SOURCES)
 
         allowed = _ALLOWED_ATTN_OPTIONS[self.attn_mode]
         if self.attn_option not in allowed:
@@ -186,6 +194,17 @@ class PetlConfig:
                 raise ConfigError(f"lora_targets={list(self.lora_targets)!r} must be a non-empty subset of q, k, v, o")
         if self.attn_mode == "prefix" and self.prefix_mlp:
             _positive_int("mid_dim", self.mid_dim, "attn_mode='prefix' with prefix_mlp=True")
+        if self.param_source == "masked_prototype":
+            if self.attn_mode in ("prompt_tuning", "bitfit") or self.full_finetune or (
+                    self.attn_mode == "none" and self.ffn_mode == "none"):
+                raise ConfigError(
+                    "param_source='masked_prototype' shares one adapter, LoRA or prefix across layers; it needs "
+                    f"attn_mode in adapter, lora, prefix or ffn_mode in adapter, lora (got attn_mode={self.attn_mode!r}, "
+                    f"ffn_mode={self.ffn_mode!r}, full_finetune={self.full_finetune})")
+            if not isinstance(self.mask_keep, (int, float)) or not 0.0 < self.mask_keep <= 1.0:
+                raise ConfigError(f"mask_keep={self.mask_keep!r} must be the fraction of entries kept, in (0, 1]")
+            if self.mask_learning_rate is not None and not self.mask_learning_rate > 0:
+                raise ConfigError(f"mask_learning_rate={self.mask_learning_rate!r} must be positive")
         if self.full_finetune and (self.attn_mode != "none" or self.ffn_mode != "none"):
             raise ConfigError("full_finetune=True trains every weight; it cannot be combined with attn_mode/ffn_mode")
 

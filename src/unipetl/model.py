@@ -20,6 +20,7 @@ from .forms import (Bottleneck, FlatPrefix, LowRank, OwnedParams, PrefixGenerato
                     bottleneck_tensors, lowrank_tensors)
 from .insertion import BiasDelta, InputCapture, LinearWithChanges, PfeifferLayerNorm, set_module
 from .sites import BackboneSites, resolve_sites
+from .sources import MaskedPrefix, MaskedPrototype, MaskedView
 
 
 def head_parameter_names(model: nn.Module) -> list[str]:
@@ -53,11 +54,14 @@ def backbone_fingerprint(model: nn.Module) -> str:
 class PetlModel(nn.Module):
     """A backbone with a PETL method attached. `forward` takes and returns what the backbone's does."""
 
-    def __init__(self, model: nn.Module, config: PetlConfig, *, flat_prefix: bool = False):
+    def __init__(self, model: nn.Module, config: PetlConfig, *, flat_prefix: bool = False, frozen_masks: bool = False):
         super().__init__()
         if not isinstance(config, PetlConfig):
             raise ConfigError(f"config must be a PetlConfig, got {type(config).__name__}")
         self.sites: BackboneSites = resolve_sites(model)  # raises for unsupported architectures first
+        if any(isinstance(m, (LinearWithChanges, PfeifferLayerNorm)) for m in model.modules()) or \
+                any(hasattr(m, prefix_attention.PREFIX_ATTR) for m in model.modules()):
+            raise ConfigError("this model already has a unipetl method attached; call unload() on that PetlModel first")
         self.config = config
         self.fingerprint = backbone_fingerprint(model)  # taken before anything is attached
         self.head_names = head_parameter_names(model)
@@ -71,6 +75,7 @@ class PetlModel(nn.Module):
         self._prefix_modules: list[nn.Module] = []
         self._prefix_original: str | None = None
         self.flat_prefix = flat_prefix or not config.prefix_mlp
+        self.frozen_masks = frozen_masks
         self.group_rules: list = []  # see parameter_groups
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}  # for unload
         self._attach()
@@ -90,8 +95,27 @@ class PetlModel(nn.Module):
         self.methods[key] = module
         return module
 
+    @property
+    def masked(self) -> bool:
+        return self.config.param_source == "masked_prototype"
+
+    def _params(self, group: str, make_tensors, masked: tuple[str, ...]):
+        """The parameter source of one layer's form: owned tensors, or a masked view of the group's prototype."""
+        if not self.masked:
+            return OwnedParams(make_tensors())
+        key = f"prototype_{group}"
+        if key not in self.methods:
+            self._register(key, OwnedParams(make_tensors()))
+        return MaskedPrototype(self.methods[key], masked, self.config.mask_keep, frozen=self.frozen_masks)
+
     def _attach(self) -> None:
         cfg, d = self.config, self.sites.hidden_size
+        if self.masked:
+            # Mask scores: their own learning rate and weight decay (ProPETL §2.5).
+            mask_lr = {"weight_decay": cfg.mask_weight_decay}
+            if cfg.mask_learning_rate is not None:
+                mask_lr["lr"] = cfg.mask_learning_rate
+            self.group_rules.append((lambda name, _: ".scores." in name, mask_lr))
         if cfg.attn_mode == "lora":
             self._attach_attention_lora()
         elif cfg.attn_mode == "adapter":
@@ -108,9 +132,11 @@ class PetlModel(nn.Module):
         elif cfg.ffn_mode == "adapter":
             self._attach_ffn_adapter(d)
 
-    def _lora(self, key: str, path: str, linear: nn.Module, rank: int) -> None:
+    def _lora(self, key: str, group: str, path: str, linear: nn.Module, rank: int) -> None:
+        """LoRA on one linear; ``group`` names the prototype shared by all layers (masked sources)."""
         cfg = self.config
-        source = OwnedParams(lowrank_tensors(linear.in_features, rank, linear.out_features, cfg.lora_init))
+        source = self._params(group, lambda: lowrank_tensors(linear.in_features, rank, linear.out_features, cfg.lora_init),
+                              ("lora_A", "lora_B"))
         form = self._register(key, LowRank(source, rank, cfg.lora_alpha, cfg.lora_dropout))
         object.__setattr__(self._wrap_linear(path), "lora", form)
 
@@ -119,18 +145,18 @@ class PetlModel(nn.Module):
             for j, site in enumerate(layer.attention):
                 for target in self.config.lora_targets:
                     key = f"{layer.stack}{layer.index}_attn{j}_lora_{target}"
-                    self._lora(key, site.paths[target], getattr(site, target), self.config.attn_bn)
+                    self._lora(key, f"attn_lora_{target}", site.paths[target], getattr(site, target), self.config.attn_bn)
 
     def _attach_ffn_lora(self) -> None:
         for layer in self.sites.layers:
             linears = [(f"ffn_in.{i}", m) for i, m in enumerate(layer.ffn_in)] + [("ffn_out", layer.ffn_out)]
             for name, linear in linears:
                 key = f"{layer.stack}{layer.index}_ffn_lora_{name.replace('.', '')}"
-                self._lora(key, layer.paths[name], linear, self.config.ffn_bn)
+                self._lora(key, f"ffn_lora_{name.replace('.', '')}", layer.paths[name], linear, self.config.ffn_bn)
 
-    def _adapter(self, key: str, d: int, r: int, init: str, layernorm: str, scalar) -> Bottleneck:
+    def _adapter(self, key: str, group: str, d: int, r: int, init: str, layernorm: str, scalar) -> Bottleneck:
         cfg = self.config
-        source = OwnedParams(bottleneck_tensors(d, r, d, init))
+        source = self._params(group, lambda: bottleneck_tensors(d, r, d, init), ("down_weight", "up_weight"))
         return self._register(key, Bottleneck(source, d, cfg.adapter_act, cfg.adapter_dropout, layernorm, scalar))
 
     def _capture(self, module: nn.Module) -> InputCapture:
@@ -144,7 +170,7 @@ class PetlModel(nn.Module):
         for layer in self.sites.layers:
             for j, site in enumerate(layer.attention):
                 # He et al.: the attention adapter always has its own LN on the input, bert init, scalar 1.
-                adapter = self._adapter(f"{layer.stack}{layer.index}_attn{j}_adapter", d, r, "bert", "in", 1.0)
+                adapter = self._adapter(f"{layer.stack}{layer.index}_attn{j}_adapter", "attn_adapter", d, r, "bert", "in", 1.0)
                 wrapper = self._wrap_linear(site.paths["o"])
                 if cfg.attn_option == "sequential":
                     object.__setattr__(wrapper, "output_adapter", adapter)
@@ -157,7 +183,7 @@ class PetlModel(nn.Module):
         cfg = self.config
         r = cfg.resolve_bn("ffn", d)
         for layer in self.sites.layers:
-            adapter = self._adapter(f"{layer.stack}{layer.index}_ffn_adapter", d, r, cfg.ffn_adapter_init_option,
+            adapter = self._adapter(f"{layer.stack}{layer.index}_ffn_adapter", "ffn_adapter", d, r, cfg.ffn_adapter_init_option,
                                     cfg.ffn_adapter_layernorm_option, cfg.ffn_adapter_scalar)
             if cfg.ffn_option == "pfeiffer" and layer.ffn_layernorm is not None:
                 wrapper = PfeifferLayerNorm(layer.ffn_layernorm, adapter)
@@ -178,8 +204,15 @@ class PetlModel(nn.Module):
         for layer in self.sites.layers:
             for site in layer.attention:
                 groups.setdefault(f"prefix_{layer.stack}_{site.kind}", []).append(site)
+        prototype = None
+        if self.masked:  # ProPrefix: one generated (l, 2d) prefix for all sites, masked per site
+            prototype = self._register("prototype_prefix", FlatPrefix(torch.randn(1, cfg.attn_bn, 2 * d) * 0.02, cfg.prefix_dropout)
+                                       if self.flat_prefix else
+                                       PrefixGenerator(cfg.attn_bn, d, cfg.mid_dim, 1, cfg.prefix_dropout))
         for key, sites in groups.items():
-            if self.flat_prefix:
+            if prototype is not None:
+                source = MaskedPrefix(prototype, len(sites), cfg.mask_keep, frozen=self.frozen_masks)
+            elif self.flat_prefix:
                 source = FlatPrefix(torch.randn(len(sites), cfg.attn_bn, 2 * d) * 0.02, cfg.prefix_dropout)
             else:
                 source = PrefixGenerator(cfg.attn_bn, d, cfg.mid_dim, len(sites), cfg.prefix_dropout)
@@ -282,7 +315,12 @@ class PetlModel(nn.Module):
         params = dict(self.model.named_parameters())
         return {name: params[name] for name in self.head_names if name in params}
 
-    def report(self) -> dict[str, Any]:
+    def report(self, n_tasks: int = 1) -> dict[str, Any]:
+        """Parameter counts and the exact bytes `save` writes, with their breakdown.
+
+        ``family_bytes_per_task``: bytes per task (head excluded) when ``n_tasks`` tasks share one
+        stored prototype (ProPETL); equal to the module's bytes without head for other methods.
+        """
         from .storage import serialize
 
         head = self.head_parameters()
@@ -291,6 +329,15 @@ class PetlModel(nn.Module):
         method_params = sum(p.numel() for p in self.methods.parameters() if p.requires_grad)
         trainable = method_params + (backbone_params if self.config.full_finetune else 0)
         header, weights = serialize(self, self.task)
+        breakdown = {"prototype_bytes": 0, "mask_bytes": 0, "head_bytes": 0, "method_bytes": 0, "backbone_bytes": 0}
+        for name, tensor in self.stored_tensors().items():
+            kind = ("mask_bytes" if ".mask_bits." in name else "prototype_bytes" if name.startswith("methods.prototype_")
+                    else "head_bytes" if name.startswith("head.") else "backbone_bytes" if name.startswith("backbone.")
+                    else "method_bytes")
+            breakdown[kind] += tensor.numel() * tensor.element_size()
+        stored = len(header) + len(weights)
+        breakdown["header_bytes"] = stored - sum(breakdown.values())
+        per_task = stored - breakdown["head_bytes"] - breakdown["prototype_bytes"] + breakdown["prototype_bytes"] / n_tasks
         return {
             "preset": self.config.preset,
             "family": self.sites.family.family,
@@ -298,9 +345,10 @@ class PetlModel(nn.Module):
             "head_params": sum(p.numel() for p in head.values()),
             "backbone_params": backbone_params,
             "trainable_percent": 100.0 * trainable / backbone_params,
-            "stored_bytes": len(header) + len(weights),
-            "stored_header_bytes": len(header),
-            "stored_weight_bytes": len(weights),
+            "stored_bytes": stored,
+            "stored_breakdown": breakdown,
+            "n_tasks": n_tasks,
+            "family_bytes_per_task": per_task,
         }
 
     def print_trainable_parameters(self) -> None:
@@ -311,14 +359,20 @@ class PetlModel(nn.Module):
 
     # ================================================================= state for storage
     def stored_tensors(self) -> dict[str, torch.Tensor]:
-        """Every tensor a task module needs: method weights (prefix MLPs ejected), head, and for `full` the backbone."""
+        """Every tensor a task module needs: method weights (prefix MLPs ejected, mask scores as packed
+        bits), head, and for `full` the backbone."""
         tensors: dict[str, torch.Tensor] = {}
+        views = {path: m for path, m in self.methods.named_modules() if isinstance(m, MaskedView)}
         for key, module in self.methods.items():
             if isinstance(module, PrefixGenerator):
                 tensors[f"methods.{key}.values"] = module.eject()
                 continue
             for name, value in module.state_dict().items():
-                tensors[f"methods.{key}.{name}"] = value
+                if ".scores." not in f".{key}.{name}":
+                    tensors[f"methods.{key}.{name}"] = value
+        for path, view in views.items():
+            for name, bits in view.packed().items():
+                tensors[f"methods.{path}.mask_bits.{name}"] = bits
         for name, param in self.head_parameters().items():
             tensors[f"head.{name}"] = param
         if self.config.full_finetune:
@@ -327,6 +381,14 @@ class PetlModel(nn.Module):
                 if name not in head:
                     tensors[f"backbone.{name}"] = param
         return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+    def freeze_masks(self) -> "PetlModel":
+        """Fix every ProPETL mask as bits (inference: masked weights are then computed once, not per forward)."""
+        for module in self.methods.modules():
+            if isinstance(module, MaskedView):
+                module.freeze()
+        self.frozen_masks = True
+        return self
 
     @torch.no_grad()
     def load_stored_tensors(self, tensors: dict[str, torch.Tensor], source: str = "module") -> None:
@@ -341,6 +403,11 @@ class PetlModel(nn.Module):
                 raise ModuleFormatError(
                     f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)} "
                     "(was the head built with another number of labels?)")
+        views = {f"methods.{path}": m for path, m in self.methods.named_modules() if isinstance(m, MaskedView)}
+        for name in [n for n in tensors if ".mask_bits." in n]:
+            path, _, mask_name = name.partition(".mask_bits.")
+            views[path].load_packed(mask_name, tensors[name])
+        tensors = {n: v for n, v in tensors.items() if ".mask_bits." not in n}
         targets = {f"methods.{k}": v for k, v in self.methods.state_dict(keep_vars=True).items()}
         targets.update({f"head.{k}": v for k, v in self.head_parameters().items()})
         targets.update({f"backbone.{k}": v for k, v in self.model.named_parameters()})

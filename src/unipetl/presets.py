@@ -86,6 +86,28 @@ PRESETS: dict[str, dict[str, Any]] = {
             ffn_adapter_layernorm_option="none", ffn_adapter_init_option="lora", ffn_adapter_scalar=2.0,
         ),
     },
+    "proadapter": {
+        "summary": "ProAdapter (ProPETL): one Pfeiffer adapter shared by all layers, each layer keeps half of it by a learned mask",
+        "source": "§2.2 and §2.5 (reduction factor 12, keep 0.5, mask lr 3e-3, weight decay 0.1 on scores)",
+        "config": dict(
+            ffn_mode="adapter", ffn_option="pfeiffer",
+            ffn_adapter_layernorm_option="none", ffn_adapter_init_option="bert", ffn_adapter_scalar=1.0,
+            reduction_factor=12, adapter_act="relu",
+            param_source="masked_prototype", mask_keep=0.5, mask_learning_rate=3e-3, mask_weight_decay=0.1,
+        ),
+    },
+    "prolora": {
+        "summary": "ProLoRA (ProPETL): one LoRA pair per projection (q, v) shared by all layers, 10 % kept per layer",
+        "source": "§2.3 and §2.5 (r 32, alpha 48, keep 0.1, mask lr 3e-2)",
+        "config": dict(attn_mode="lora", attn_bn=32, lora_alpha=48.0, lora_dropout=0.0, lora_init="lora",
+                       param_source="masked_prototype", mask_keep=0.1, mask_learning_rate=3e-2, mask_weight_decay=0.1),
+    },
+    "proprefix": {
+        "summary": "ProPrefix (ProPETL): one generated prefix shared by all layers, 10 % kept per layer",
+        "source": "§2.4 and §2.5 (l 64, MLP width 512, keep 0.1, mask lr 1e-4)",
+        "config": dict(attn_mode="prefix", attn_option="concat", attn_bn=64, mid_dim=512,
+                       param_source="masked_prototype", mask_keep=0.1, mask_learning_rate=1e-4, mask_weight_decay=0.1),
+    },
     "full": {
         "summary": "Full fine-tuning baseline: every backbone weight and the head are trained and stored",
         "source": "baseline",
@@ -100,6 +122,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 LEARNING_RATES: dict[str, float] = {
     "houlsby": 1e-3, "pfeiffer": 1e-3, "parallel": 1e-3, "scaled_parallel": 1e-3, "lora": 1e-3, "prefix": 1e-3,
     "prompt_tuning": 3e-2, "bitfit": 1e-3, "mam": 1e-3, "mam_glue": 1e-3, "full": 5e-5,
+    "proadapter": 1e-3, "prolora": 1e-3, "proprefix": 1e-3,
 }
 
 

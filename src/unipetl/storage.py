@@ -45,6 +45,7 @@ def serialize(model, task: dict | None = None) -> tuple[bytes, bytes]:
         "library_version": _library_version(),
         "config": config,
         "prefix_form": "flat" if config["attn_mode"] == "prefix" else None,
+        "masks": "bits" if config["param_source"] == "masked_prototype" else None,
         "backbone": {
             "model_type": model.model.config.model_type,
             "family": model.sites.family.family,
@@ -147,7 +148,8 @@ def load_petl_model(model, directory):
         config = PetlConfig.from_dict(header["config"])
     except (ConfigError, TypeError) as err:
         raise ModuleFormatError(f"{directory / HEADER_FILE}: invalid config: {err}") from None
-    petl = PetlModel(model, config, flat_prefix=header.get("prefix_form") == "flat")
+    petl = PetlModel(model, config, flat_prefix=header.get("prefix_form") == "flat",
+                     frozen_masks=header.get("masks") == "bits")
     try:
         petl.load_stored_tensors(tensors, source=str(directory))
     except Exception:

@@ -1,0 +1,102 @@
+"""Parameter sources beyond owned parameters.
+
+`MaskedPrototype` (ProPETL): every layer reads one shared prototype through its own binary mask,
+W_l = W ⊙ TopK_keep(|S_l|). Only weights are masked; biases are the prototype's, shared and
+unmasked. During training the mask follows the scores (straight-through gradient); `freeze()` turns
+it into fixed bits, and then the masked weights are computed once and reused (no per-forward cost).
+`MaskedPrefix` applies the same masks to the generated prefix of ProPrefix (§2.4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .masks import pack_bits, topk_mask, unpack_bits
+
+
+def init_scores(shape: tuple[int, ...]) -> torch.Tensor:
+    """Kaiming-uniform (a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)); only |S| matters, so the first mask is random."""
+    scores = torch.empty(shape)
+    nn.init.kaiming_uniform_(scores if scores.dim() > 1 else scores.view(1, -1), a=math.sqrt(5))
+    return scores
+
+
+class MaskedView(nn.Module):
+    """Scores (training) or frozen bits (after freeze/load) for named tensors of one layer."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], keep: float, frozen: bool = False):
+        super().__init__()
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"keep={keep} must be in (0, 1]")
+        self.keep = keep
+        self.shapes = dict(shapes)
+        self.scores = nn.ParameterDict({} if frozen else {n: nn.Parameter(init_scores(s)) for n, s in shapes.items()})
+        self.frozen: dict[str, torch.Tensor] | None = (
+            {n: torch.ones(s, dtype=torch.bool) for n, s in shapes.items()} if frozen else None)
+
+    def mask(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        if self.frozen is not None:
+            return self.frozen[name].to(device=self._device(), dtype=dtype)
+        return topk_mask(self.scores[name], self.keep).to(dtype)
+
+    def _device(self) -> torch.device:
+        return next(iter(self.scores.values())).device if len(self.scores) else torch.device("cpu")
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Fix the current masks as bits; scores are dropped (they are not part of a trained task)."""
+        self.frozen = {n: topk_mask(self.scores[n], self.keep).to(torch.bool).cpu() for n in self.shapes}
+        self.scores = nn.ParameterDict()
+
+    def packed(self) -> dict[str, torch.Tensor]:
+        if self.frozen is not None:
+            return {n: pack_bits(m) for n, m in self.frozen.items()}
+        with torch.no_grad():
+            return {n: pack_bits(topk_mask(self.scores[n], self.keep)) for n in self.shapes}
+
+    def load_packed(self, name: str, packed: torch.Tensor) -> None:
+        if self.frozen is None:
+            raise ValueError("load_packed needs a frozen mask view")
+        self.frozen[name] = unpack_bits(packed, self.shapes[name])
+
+
+class MaskedPrototype(nn.Module):
+    """A layer's parameter source: the shared prototype's tensors, weights masked by this layer's masks."""
+
+    def __init__(self, prototype: nn.Module, masked: tuple[str, ...], keep: float, frozen: bool = False):
+        super().__init__()
+        object.__setattr__(self, "prototype", prototype)  # owned once by PetlModel.methods
+        self.view = MaskedView({n: tuple(prototype.get(n).shape) for n in masked}, keep, frozen)
+        self._materialized: dict[str, tuple[tuple, torch.Tensor]] = {}
+
+    def get(self, name: str) -> torch.Tensor:
+        weight = self.prototype.get(name)
+        if name not in self.view.shapes:
+            return weight  # biases: shared, unmasked
+        if self.view.frozen is None:
+            return weight * self.view.mask(name, weight.dtype)
+        # Frozen bits: the product changes only when the prototype does; compute it once per version.
+        version = (weight.data_ptr(), weight._version, weight.dtype, torch.is_grad_enabled() and weight.requires_grad)
+        cached = self._materialized.get(name)
+        if cached is None or cached[0] != version:
+            product = weight * self.view.mask(name, weight.dtype)
+            cached = (version, product if version[3] else product.detach())
+            self._materialized[name] = cached
+        return cached[1]
+
+
+class MaskedPrefix(nn.Module):
+    """ProPrefix: the one generated (l, 2d) prefix, masked per attention site."""
+
+    def __init__(self, generator: nn.Module, n_sites: int, keep: float, frozen: bool = False):
+        super().__init__()
+        object.__setattr__(self, "generator", generator)  # owned once by PetlModel.methods
+        shape = tuple(generator.site_prefix(0).shape)
+        self.views = nn.ModuleList(MaskedView({"prefix": shape}, keep, frozen) for _ in range(n_sites))
+
+    def site_prefix(self, index: int) -> torch.Tensor:
+        prefix = self.generator.site_prefix(0)
+        return prefix * self.views[index].mask("prefix", prefix.dtype)

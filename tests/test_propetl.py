@@ -1,0 +1,111 @@
+"""ProPETL: top-k masks with a straight-through gradient over one prototype shared by all layers,
+stored as bits."""
+
+import math
+
+import pytest
+import torch
+import transformers as T
+
+import unipetl
+from tiny_models import FAMILIES, logits, tiny_batch, tiny_model
+from unipetl import PetlConfig
+from unipetl.forms import OwnedParams
+from unipetl.masks import kept_count, pack_bits, topk_mask, unpack_bits
+from unipetl.sources import MaskedPrototype, MaskedView
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 9), (64, 32), (3, 4, 5)])
+@pytest.mark.parametrize("keep", [0.1, 0.3, 0.5, 0.999, 1.0])
+def test_mask_keeps_exactly_the_specified_count_and_is_binary(shape, keep):
+    scores = torch.randn(shape)
+    mask = topk_mask(scores, keep)
+    n = scores.numel()
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert int(mask.sum()) == n - math.floor((1 - keep) * n) == kept_count(n, keep)
+    # the kept entries are those with the largest |score|
+    if 0 < mask.sum() < n:
+        assert scores.abs()[mask.bool()].min() >= scores.abs()[~mask.bool()].max()
+
+
+def test_score_gradient_is_the_weight_gradient_times_the_weight():
+    torch.manual_seed(0)
+    weight = torch.randn(6, 4)
+    prototype = OwnedParams({"down_weight": weight.clone(), "down_bias": torch.randn(6)})
+    source = MaskedPrototype(prototype, ("down_weight",), keep=0.5)
+    coefficients = torch.randn(6, 4)
+    masked = source.get("down_weight")
+    (masked * coefficients).sum().backward()  # dL/dW~ = coefficients
+    scores_grad = source.view.scores["down_weight"].grad
+    torch.testing.assert_close(scores_grad, coefficients * weight)  # straight-through: dL/dS = dL/dW~ * W
+    mask = topk_mask(source.view.scores["down_weight"], 0.5)
+    torch.testing.assert_close(prototype.params["down_weight"].grad, coefficients * mask)
+    assert source.get("down_bias") is prototype.params["down_bias"]  # biases: shared, unmasked
+
+
+def test_bits_round_trip():
+    mask = torch.rand(13, 7) > 0.5
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(91 / 8)
+    assert torch.equal(unpack_bits(packed, (13, 7)), mask)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_prototype_object_is_shared_by_every_layer(family):
+    petl = unipetl.get_petl_model(tiny_model(family), "proadapter")
+    sources = [m.source for m in petl.methods.values() if hasattr(m, "source") and isinstance(m.source, MaskedPrototype)]
+    assert len(sources) == len(petl.sites.layers)
+    assert all(s.prototype is petl.methods["prototype_ffn_adapter"] for s in sources)
+    views = [s.view for s in sources]
+    masks = [topk_mask(v.scores["down_weight"], 0.5) for v in views]
+    assert not all(torch.equal(masks[0], m) for m in masks[1:])  # each layer selects its own sub-network
+
+
+def test_masks_are_their_own_optimizer_group():
+    petl = unipetl.get_petl_model(tiny_model("bert"), "prolora")
+    groups = petl.parameter_groups(1e-3, 0.0)
+    score_ids = {id(p) for n, p in petl.named_parameters() if ".scores." in n}
+    mask_groups = [g for g in groups if {id(p) for p in g["params"]} & score_ids]
+    assert len(mask_groups) == 1 and mask_groups[0]["lr"] == 3e-2 and mask_groups[0]["weight_decay"] == 0.1
+    assert {id(p) for p in mask_groups[0]["params"]} == score_ids
+
+
+@pytest.mark.parametrize("preset", ["proadapter", "prolora", "proprefix"])
+def test_frozen_masks_give_the_same_logits_and_are_applied_once(preset):
+    overrides = dict(attn_bn=5, mid_dim=12) if preset == "proprefix" else {}
+    petl = unipetl.get_petl_model(tiny_model("roberta"), PetlConfig.from_preset(preset, **overrides)).eval()
+    batch = tiny_batch("roberta")
+    before = logits(petl, batch)
+    petl.freeze_masks()
+    assert not any(".scores." in n for n, _ in petl.named_parameters())
+    torch.testing.assert_close(logits(petl, batch), before, atol=1e-6, rtol=0)
+    if preset == "proadapter":
+        source = petl.methods["encoder0_ffn_adapter"].source
+        first = source.get("down_weight")
+        assert source.get("down_weight") is first  # computed once, reused by every forward
+
+
+def test_storage_is_prototype_plus_mask_bits_plus_header(tmp_path):
+    petl = unipetl.get_petl_model(tiny_model("bert"), "proadapter")
+    report = petl.report()
+    d, L, r = 32, 2, 32 // 12
+    breakdown = report["stored_breakdown"]
+    assert breakdown["prototype_bytes"] == 4 * (2 * r * d + r + d)
+    assert breakdown["mask_bytes"] == L * math.ceil(r * d / 8) * 2  # down and up weights, one bit each
+    assert report["stored_bytes"] == (breakdown["prototype_bytes"] + breakdown["mask_bytes"] + breakdown["head_bytes"]
+                                      + breakdown["header_bytes"])
+    petl.save(tmp_path / "m")
+    assert sum(p.stat().st_size for p in (tmp_path / "m").iterdir()) == report["stored_bytes"]
+
+
+def test_base_size_proadapter_costs_a_tenth_of_a_pfeiffer_adapter():
+    """roberta-base shape (12 layers, d 768), random weights: ProAdapter against Pfeiffer at the same r = 64."""
+    config = T.RobertaConfig(num_labels=2)  # the roberta-base architecture
+    pro = unipetl.get_petl_model(T.RobertaForSequenceClassification(config), "proadapter").report(n_tasks=8)
+    plain = unipetl.get_petl_model(T.RobertaForSequenceClassification(config),
+                                   PetlConfig.from_preset("pfeiffer", reduction_factor=12)).report()
+    assert pro["stored_breakdown"]["mask_bytes"] == 12 * 2 * 64 * 768 // 8
+    plain_bytes = plain["stored_bytes"] - plain["stored_breakdown"]["head_bytes"]  # heads excluded on both sides
+    one_task = pro["stored_bytes"] - pro["stored_breakdown"]["head_bytes"]
+    assert one_task <= 0.12 * plain_bytes, (one_task, plain_bytes)
+    assert pro["family_bytes_per_task"] <= 0.05 * plain_bytes, (pro["family_bytes_per_task"], plain_bytes)
