@@ -16,7 +16,9 @@ SPECS = [MethodSpec("full", "unipetl", "full"),
          MethodSpec("lora r=8 (q,v)", "unipetl", "lora", {"attn_bn": 8, "lora_alpha": 16, "lora_dropout": 0.0}),
          MethodSpec("peft lora r=8 (q,v)", "peft", "lora", {"r": 8, "lora_alpha": 16}),
          MethodSpec("prefix l=200", "unipetl", "prefix"),
-         MethodSpec("peft prefix l=200", "peft", "prefix", {"num_virtual_tokens": 200, "encoder_hidden_size": 800})]
+         MethodSpec("peft prefix l=200", "peft", "prefix", {"num_virtual_tokens": 200, "encoder_hidden_size": 800}),
+         MethodSpec("prefix l=30", "unipetl", "prefix", {"attn_bn": 30}),
+         MethodSpec("peft prefix l=30", "peft", "prefix", {"num_virtual_tokens": 30, "encoder_hidden_size": 800})]
 SPECS += [MethodSpec(name, "unipetl", name) for name in list_presets() if name not in ("full", "prefix")]
 
 

@@ -109,3 +109,66 @@ def test_base_size_proadapter_costs_a_tenth_of_a_pfeiffer_adapter():
     one_task = pro["stored_bytes"] - pro["stored_breakdown"]["head_bytes"]
     assert one_task <= 0.12 * plain_bytes, (one_task, plain_bytes)
     assert pro["family_bytes_per_task"] <= 0.05 * plain_bytes, (pro["family_bytes_per_task"], plain_bytes)
+
+
+# ------------------------------------------------------------------ multi-task ProPETL-m
+def test_task_and_layer_masks_are_or_combined():
+    petl = unipetl.PetlModel(tiny_model("bert"), PetlConfig.from_preset("proadapter", mask_keep=0.3), tasks=["a", "b"])
+    source = petl.methods["encoder1_ffn_adapter"].source
+    layer = topk_mask(source.view.scores["up_weight"], 0.3)
+    for index, task in enumerate(("a", "b")):
+        petl.set_task(task)
+        task_mask = topk_mask(petl.methods["task_masks_ffn_adapter"][index].scores["up_weight"], 0.3)
+        expected = 1 - (1 - layer) * (1 - task_mask)
+        torch.testing.assert_close(source.get("up_weight"), source.prototype.get("up_weight") * expected)
+    # the task masks are shared by every layer: one bank for the group
+    assert petl.methods["encoder0_ffn_adapter"].source.task_bank is petl.methods["task_masks_ffn_adapter"]
+
+
+def test_task_score_gradient_is_straight_through_the_or():
+    petl = unipetl.PetlModel(tiny_model("bert"), PetlConfig.from_preset("proadapter"), tasks=["a", "b"])
+    petl.set_task("b")
+    source = petl.methods["encoder0_ffn_adapter"].source
+    weight = source.prototype.get("down_weight").detach()
+    coefficients = torch.randn_like(weight)
+    (source.get("down_weight") * coefficients).sum().backward()
+    layer = topk_mask(source.view.scores["down_weight"], 0.5)
+    task_scores = petl.methods["task_masks_ffn_adapter"][1].scores["down_weight"]
+    torch.testing.assert_close(task_scores.grad, coefficients * weight * (1 - layer))  # d(OR)/d(task) = 1 - layer
+    assert petl.methods["task_masks_ffn_adapter"][0].scores["down_weight"].grad is None  # task a untouched
+
+
+GLUE = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+
+
+@pytest.mark.skipif(not GLUE.is_dir(), reason=f"GLUE data directory not available: {GLUE}")
+def test_multitask_propetl_shares_one_prototype_and_reloads_every_task(tmp_path):
+    from safetensors.torch import load_file
+
+    from unipetl.training import TrainOptions, load_module, train_multitask
+    from unipetl.predict import predict_examples
+    from unipetl.tasks import make_splits
+
+    model_dir = tmp_path / "tiny"
+    tokenizer = T.AutoTokenizer.from_pretrained(unipetl.defaults.default_model_path())
+    T.set_seed(0)
+    T.BertModel(T.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "mt"
+    options = TrainOptions(epochs=1, max_train_samples=32, max_length=48, progress=False)
+    results = train_multitask(["cb", "rte_superglue"] if (GLUE / "RTE").is_dir() else ["cb", "wic"], "proadapter",
+                              str(model_dir), str(GLUE), str(out), options, log=lambda m: None)
+    tasks = results["tasks"]
+    family = out / "module"
+    assert (family / "prototype.safetensors").is_file()
+    masks = {t: load_file(str(family / t / "weights.safetensors")) for t in tasks}
+    assert not any(k.startswith("methods.prototype_") for m in masks.values() for k in m)  # stored once
+    keys = [k for k in masks[tasks[0]] if ".mask_bits." in k]
+    assert keys and any(not torch.equal(masks[tasks[0]][k], masks[tasks[1]][k]) for k in keys)  # tasks differ
+    assert results["family_prototype_bytes"] == (family / "prototype.safetensors").stat().st_size
+    for task in tasks:  # each member reloads alone, beside the others, to its test metrics
+        petl, backbone, spec, info = load_module(str(family / task))
+        examples = make_splits(task, str(GLUE))["test"][:8]
+        assert len(predict_examples(petl, backbone, spec, examples, 48)) == 8
+        assert info["test_metrics"] == results["per_task"][task]["metrics"]

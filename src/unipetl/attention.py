@@ -73,6 +73,8 @@ def _token_bias(module, query, key, attention_mask, position_bias, is_causal):
     if position_bias is not None:
         position_bias = position_bias[..., -q_len:, :k_len].to(query.dtype)
         bias = position_bias if bias is None else bias + position_bias
+    elif bias is not None and not bias.any():
+        bias = None  # no padding: without a mask, SDPA can use its fused kernel
     return bias
 
 

@@ -20,7 +20,7 @@ from .forms import (Bottleneck, FlatPrefix, LowRank, OwnedParams, PrefixGenerato
                     bottleneck_tensors, lowrank_tensors)
 from .insertion import BiasDelta, InputCapture, LinearWithChanges, PfeifferLayerNorm, set_module
 from .sites import BackboneSites, resolve_sites
-from .sources import MaskedPrefix, MaskedPrototype, MaskedView
+from .sources import MaskedPrefix, MaskedPrototype, MaskedView, TaskContext, _Masked
 
 
 def head_parameter_names(model: nn.Module) -> list[str]:
@@ -54,7 +54,8 @@ def backbone_fingerprint(model: nn.Module) -> str:
 class PetlModel(nn.Module):
     """A backbone with a PETL method attached. `forward` takes and returns what the backbone's does."""
 
-    def __init__(self, model: nn.Module, config: PetlConfig, *, flat_prefix: bool = False, frozen_masks: bool = False):
+    def __init__(self, model: nn.Module, config: PetlConfig, *, flat_prefix: bool = False, frozen_masks: bool = False,
+                 tasks: list[str] | None = None):
         super().__init__()
         if not isinstance(config, PetlConfig):
             raise ConfigError(f"config must be a PetlConfig, got {type(config).__name__}")
@@ -76,6 +77,9 @@ class PetlModel(nn.Module):
         self._prefix_original: str | None = None
         self.flat_prefix = flat_prefix or not config.prefix_mlp
         self.frozen_masks = frozen_masks
+        # Multi-task ProPETL-m: task masks shared by all layers, OR-ed with the layer masks.
+        self.task_context = TaskContext(tasks) if tasks and config.param_source == "masked_prototype" else None
+        self.task_name: str | None = None  # the task whose masks stored_tensors() writes (multi-task views)
         self.group_rules: list = []  # see parameter_groups
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}  # for unload
         self._attach()
@@ -106,7 +110,23 @@ class PetlModel(nn.Module):
         key = f"prototype_{group}"
         if key not in self.methods:
             self._register(key, OwnedParams(make_tensors()))
-        return MaskedPrototype(self.methods[key], masked, self.config.mask_keep, frozen=self.frozen_masks)
+        shapes = {n: tuple(self.methods[key].get(n).shape) for n in masked}
+        return MaskedPrototype(self.methods[key], masked, self.config.mask_keep, frozen=self.frozen_masks,
+                               task_bank=self._task_bank(group, shapes), context=self.task_context)
+
+    def _task_bank(self, group: str, shapes: dict) -> nn.ModuleList | None:
+        """One mask per task for a prototype group, shared by all its layers (created once)."""
+        if self.task_context is None:
+            return None
+        key = f"task_masks_{group}"
+        if key not in self.methods:
+            self._register(key, nn.ModuleList(MaskedView(shapes, self.config.mask_keep) for _ in self.task_context.tasks))
+        return self.methods[key]
+
+    def set_task(self, task: str) -> None:
+        """Select the task whose masks the next forwards use (multi-task ProPETL-m)."""
+        if self.task_context is not None:
+            self.task_context.set(task)
 
     def _attach(self) -> None:
         cfg, d = self.config, self.sites.hidden_size
@@ -211,7 +231,9 @@ class PetlModel(nn.Module):
                                        PrefixGenerator(cfg.attn_bn, d, cfg.mid_dim, 1, cfg.prefix_dropout))
         for key, sites in groups.items():
             if prototype is not None:
-                source = MaskedPrefix(prototype, len(sites), cfg.mask_keep, frozen=self.frozen_masks)
+                bank = self._task_bank("prefix", {"prefix": tuple(prototype.site_prefix(0).shape)})
+                source = MaskedPrefix(prototype, len(sites), cfg.mask_keep, frozen=self.frozen_masks, task_bank=bank,
+                                      context=self.task_context)
             elif self.flat_prefix:
                 source = FlatPrefix(torch.randn(len(sites), cfg.attn_bn, 2 * d) * 0.02, cfg.prefix_dropout)
             else:
@@ -362,16 +384,20 @@ class PetlModel(nn.Module):
         """Every tensor a task module needs: method weights (prefix MLPs ejected, mask scores as packed
         bits), head, and for `full` the backbone."""
         tensors: dict[str, torch.Tensor] = {}
-        views = {path: m for path, m in self.methods.named_modules() if isinstance(m, MaskedView)}
+        if self.task_name is not None:
+            self.set_task(self.task_name)
+        masked = {path: m for path, m in self.methods.named_modules() if isinstance(m, _Masked)}
         for key, module in self.methods.items():
+            if key.startswith("task_masks_"):
+                continue  # folded into each layer's stored mask (the task's OR the layer's)
             if isinstance(module, PrefixGenerator):
                 tensors[f"methods.{key}.values"] = module.eject()
                 continue
             for name, value in module.state_dict().items():
                 if ".scores." not in f".{key}.{name}":
                     tensors[f"methods.{key}.{name}"] = value
-        for path, view in views.items():
-            for name, bits in view.packed().items():
+        for path, source in masked.items():
+            for name, bits in source.packed_masks().items():
                 tensors[f"methods.{path}.mask_bits.{name}"] = bits
         for name, param in self.head_parameters().items():
             tensors[f"head.{name}"] = param
@@ -403,10 +429,10 @@ class PetlModel(nn.Module):
                 raise ModuleFormatError(
                     f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)} "
                     "(was the head built with another number of labels?)")
-        views = {f"methods.{path}": m for path, m in self.methods.named_modules() if isinstance(m, MaskedView)}
+        sources = {f"methods.{path}": m for path, m in self.methods.named_modules() if isinstance(m, _Masked)}
         for name in [n for n in tensors if ".mask_bits." in n]:
             path, _, mask_name = name.partition(".mask_bits.")
-            views[path].load_packed(mask_name, tensors[name])
+            sources[path].load_packed_masks(mask_name, tensors[name])
         tensors = {n: v for n, v in tensors.items() if ".mask_bits." not in n}
         targets = {f"methods.{k}": v for k, v in self.methods.state_dict(keep_vars=True).items()}
         targets.update({f"head.{k}": v for k, v in self.head_parameters().items()})
@@ -450,11 +476,13 @@ class PetlModel(nn.Module):
             param.requires_grad_(self._requires_grad.get(name, True))
         return self.model
 
-    def for_task_model(self, model: nn.Module) -> "PetlModel":
-        """A view of this PetlModel on another task model that shares its backbone (multi-task heads)."""
+    def for_task_model(self, model: nn.Module, task: str | None = None) -> "PetlModel":
+        """A view of this PetlModel on another task model that shares its backbone (multi-task heads);
+        with ``task``, the view stores that task's masks (ProPETL-m)."""
         import copy
 
         view = copy.copy(self)
+        view.task_name = task
         view._modules = dict(self._modules)
         view._modules["model"] = model
         view.head_names = head_parameter_names(model)

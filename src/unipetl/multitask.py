@@ -45,6 +45,7 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, task: torch.Tensor, **inputs):
         name = self.task_names[int(task.reshape(-1)[0])]
+        self.petl.set_task(name)
         if self.petl.prompt is not None:
             inputs = self.petl._with_prompt(inputs)
         return self._task_models[name](**inputs)

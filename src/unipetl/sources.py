@@ -14,7 +14,20 @@ import math
 import torch
 from torch import nn
 
-from .masks import pack_bits, topk_mask, unpack_bits
+from .masks import mask_or, pack_bits, topk_mask, unpack_bits
+
+
+class TaskContext:
+    """Which task the shared masks serve in the current forward (multi-task ProPETL-m)."""
+
+    def __init__(self, tasks: list[str]):
+        self.tasks = list(tasks)
+        self.index = 0
+
+    def set(self, task: str) -> None:
+        if task not in self.tasks:
+            raise ValueError(f"unknown task {task!r}; this model's tasks: {', '.join(self.tasks)}")
+        self.index = self.tasks.index(task)
 
 
 def init_scores(shape: tuple[int, ...]) -> torch.Tensor:
@@ -63,21 +76,54 @@ class MaskedView(nn.Module):
         self.frozen[name] = unpack_bits(packed, self.shapes[name])
 
 
-class MaskedPrototype(nn.Module):
+class _Masked(nn.Module):
+    """Shared logic of masked sources: the layer's mask, OR-ed with the current task's mask when a
+    task bank is attached (ProPETL-m: M = 1 - (1 - M_task)(1 - M_layer), task masks shared by all
+    layers, layer masks shared by all tasks)."""
+
+    def _attach_tasks(self, task_bank, context) -> None:
+        object.__setattr__(self, "task_bank", task_bank)  # owned once by PetlModel.methods
+        object.__setattr__(self, "context", context)
+
+    def combined_mask(self, view: MaskedView, name: str, dtype: torch.dtype) -> torch.Tensor:
+        mask = view.mask(name, dtype)
+        if self.task_bank is not None and view.frozen is None:
+            mask = mask_or(mask, self.task_bank[self.context.index].mask(name, dtype))
+        return mask
+
+    def _views(self) -> dict[str, tuple[MaskedView, str]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def packed_masks(self) -> dict[str, torch.Tensor]:
+        """This layer's masks (combined with the current task's) as bits: what a task module stores."""
+        return {key: pack_bits(self.combined_mask(view, name, torch.float32)) for key, (view, name) in self._views().items()}
+
+    def load_packed_masks(self, key: str, packed: torch.Tensor) -> None:
+        view, name = self._views()[key]
+        view.load_packed(name, packed)
+
+
+class MaskedPrototype(_Masked):
     """A layer's parameter source: the shared prototype's tensors, weights masked by this layer's masks."""
 
-    def __init__(self, prototype: nn.Module, masked: tuple[str, ...], keep: float, frozen: bool = False):
+    def __init__(self, prototype: nn.Module, masked: tuple[str, ...], keep: float, frozen: bool = False,
+                 task_bank=None, context: TaskContext | None = None):
         super().__init__()
         object.__setattr__(self, "prototype", prototype)  # owned once by PetlModel.methods
         self.view = MaskedView({n: tuple(prototype.get(n).shape) for n in masked}, keep, frozen)
+        self._attach_tasks(task_bank, context)
         self._materialized: dict[str, tuple[tuple, torch.Tensor]] = {}
+
+    def _views(self):
+        return {name: (self.view, name) for name in self.view.shapes}
 
     def get(self, name: str) -> torch.Tensor:
         weight = self.prototype.get(name)
         if name not in self.view.shapes:
             return weight  # biases: shared, unmasked
         if self.view.frozen is None:
-            return weight * self.view.mask(name, weight.dtype)
+            return weight * self.combined_mask(self.view, name, weight.dtype)
         # Frozen bits: the product changes only when the prototype does; compute it once per version.
         version = (weight.data_ptr(), weight._version, weight.dtype, torch.is_grad_enabled() and weight.requires_grad)
         cached = self._materialized.get(name)
@@ -88,15 +134,20 @@ class MaskedPrototype(nn.Module):
         return cached[1]
 
 
-class MaskedPrefix(nn.Module):
+class MaskedPrefix(_Masked):
     """ProPrefix: the one generated (l, 2d) prefix, masked per attention site."""
 
-    def __init__(self, generator: nn.Module, n_sites: int, keep: float, frozen: bool = False):
+    def __init__(self, generator: nn.Module, n_sites: int, keep: float, frozen: bool = False,
+                 task_bank=None, context: TaskContext | None = None):
         super().__init__()
         object.__setattr__(self, "generator", generator)  # owned once by PetlModel.methods
         shape = tuple(generator.site_prefix(0).shape)
         self.views = nn.ModuleList(MaskedView({"prefix": shape}, keep, frozen) for _ in range(n_sites))
+        self._attach_tasks(task_bank, context)
+
+    def _views(self):
+        return {f"site{i}": (view, "prefix") for i, view in enumerate(self.views)}
 
     def site_prefix(self, index: int) -> torch.Tensor:
         prefix = self.generator.site_prefix(0)
-        return prefix * self.views[index].mask("prefix", prefix.dtype)
+        return prefix * self.combined_mask(self.views[index], "prefix", prefix.dtype)

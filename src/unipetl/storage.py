@@ -35,9 +35,18 @@ def _library_version() -> str:
     return __version__
 
 
-def serialize(model, task: dict | None = None) -> tuple[bytes, bytes]:
-    """The exact bytes `save` writes: (header, weights)."""
-    weights = save_safetensors(model.stored_tensors())
+FAMILY_FILE = "unipetl_family.json"
+PROTOTYPE_FILE = "prototype.safetensors"
+PROTOTYPE_PREFIX = "methods.prototype_"
+
+
+def serialize(model, task: dict | None = None, family: dict | None = None) -> tuple[bytes, bytes]:
+    """The exact bytes `save` writes: (header, weights). With ``family`` (the shared prototype file's
+    identity), the prototype tensors are left out: they live once in the family directory."""
+    tensors = model.stored_tensors()
+    if family is not None:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(PROTOTYPE_PREFIX)}
+    weights = save_safetensors(tensors)
     config = model.config.to_dict()
     header: dict[str, Any] = {
         "format": FORMAT,
@@ -54,6 +63,7 @@ def serialize(model, task: dict | None = None) -> tuple[bytes, bytes]:
             "num_labels": getattr(model.model.config, "num_labels", None),
         },
         "task": task,
+        "family_prototype": family,
         "weights": {"file": WEIGHTS_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
     }
     return (json.dumps(header, indent=1, sort_keys=True) + "\n").encode(), weights
@@ -80,6 +90,7 @@ def write_directory_atomically(directory, files: dict[str, bytes], marker: str) 
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
@@ -122,11 +133,57 @@ def read_module(directory) -> tuple[dict, dict]:
             f"{weights_path} has {len(data)} bytes, the header says {header['weights'].get('bytes')} (truncated?)")
     if hashlib.sha256(data).hexdigest() != header["weights"].get("sha256"):
         raise ModuleFormatError(f"{weights_path} does not match the SHA-256 in {HEADER_FILE} (file altered or corrupted)")
-    try:
-        tensors = load_safetensors(data)
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
-        raise ModuleFormatError(f"{weights_path} is not a valid safetensors file: {err}") from None
+    tensors = _load_tensors(weights_path, data)
+    family = header.get("family_prototype")
+    if family:  # a member of a task family: the shared prototype is stored once, beside the members
+        prototype_path = directory / family["file"]
+        if not prototype_path.is_file():
+            raise ModuleFormatError(f"{directory} belongs to a task family but its prototype {prototype_path} is missing")
+        shared = prototype_path.read_bytes()
+        if len(shared) != family.get("bytes") or hashlib.sha256(shared).hexdigest() != family.get("sha256"):
+            raise ModuleFormatError(f"{prototype_path} does not match the size and SHA-256 recorded in {header_path}")
+        tensors.update(_load_tensors(prototype_path, shared))
     return header, tensors
+
+
+def _load_tensors(path: Path, data: bytes) -> dict:
+    try:
+        return load_safetensors(data)
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise ModuleFormatError(f"{path} is not a valid safetensors file: {err}") from None
+
+
+def save_family(members: dict, directory) -> dict:
+    """Save task modules that share one prototype (multi-task ProPETL): the prototype once, in
+    DIRECTORY/prototype.safetensors, and each task in DIRECTORY/<task>/ with its masks and head.
+
+    ``members`` maps task name -> (PetlModel, task metadata); every member must hold the same
+    prototype tensors. Each member directory loads alone with `load_petl_model`.
+    """
+    import torch
+
+    names = list(members)
+    first = members[names[0]][0].stored_tensors()
+    prototype = {k: v for k, v in first.items() if k.startswith(PROTOTYPE_PREFIX)}
+    if not prototype:
+        raise ModuleFormatError("save_family needs a shared prototype (param_source='masked_prototype')")
+    for name in names[1:]:
+        other = members[name][0].stored_tensors()
+        if any(not torch.equal(other[k], v) for k, v in prototype.items()):
+            raise ModuleFormatError(f"task {name!r} does not share the prototype of task {names[0]!r}")
+    shared = save_safetensors(prototype)
+    identity = {"file": f"../{PROTOTYPE_FILE}", "bytes": len(shared), "sha256": hashlib.sha256(shared).hexdigest()}
+    files = {PROTOTYPE_FILE: shared}
+    for name, (model, task) in members.items():
+        if task is not None:
+            model.task = task
+        header, weights = serialize(model, model.task, family=identity)
+        files[f"{name}/{WEIGHTS_FILE}"], files[f"{name}/{HEADER_FILE}"] = weights, header
+    summary = {"format": "unipetl-task-family", "format_version": FORMAT_VERSION, "tasks": names,
+               "prototype": {"file": PROTOTYPE_FILE, "bytes": len(shared), "sha256": identity["sha256"]}}
+    files[FAMILY_FILE] = (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode()
+    write_directory_atomically(directory, files, marker=FAMILY_FILE)
+    return summary
 
 
 def load_petl_model(model, directory):

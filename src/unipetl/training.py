@@ -26,6 +26,7 @@ from .encoding import collator_for, encode
 from .errors import ConfigError, DataError
 from .model import PetlModel, get_petl_model
 from .presets import default_learning_rate
+from .storage import PROTOTYPE_FILE, save_family
 from .tasks import (compute_metrics, custom_splits, custom_task_spec, get_task, main_score, make_splits,
                     parse_text_target, record_predictions)
 
@@ -370,7 +371,7 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     if len({b.mode == "text_to_text" for b in backbones}) > 1:
         raise ConfigError("all tasks of a multi-task run must use the same backbone mode")
     share_backbone([b.model for b in backbones])
-    petl = get_petl_model(backbones[0].model, config)
+    petl = PetlModel(backbones[0].model, config, tasks=[s.name for s in specs])
     joint = MultiTaskModel(petl, [s.name for s in specs], [b.model for b in backbones])
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
 
@@ -398,21 +399,30 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
         checkpoint = resume and any((out / CHECKPOINT_DIR).glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if checkpoint else None)
         train_seconds = time.perf_counter() - start
-        per_task = {}
+        per_task, members = {}, {}
         for i, (s, b) in enumerate(zip(specs, backbones)):
+            petl.set_task(s.name)
             metrics = evaluate_split(trainer, TaggedDataset(encoded[s.name]["test"], i), s, b, splits[s.name]["test"])
-            view = petl.for_task_model(b.model)
-            view.save(out / MODULE_DIR / s.name, task={
-                "name": s.name, "kind": s.kind, "label_names": list(s.label_names), "mode": b.mode, "benchmark": s.benchmark,
-                "text_fields": list(s.text_fields), "model": b.name_or_path, "max_length": options.max_length,
-                "test_metrics": metrics, "multitask_with": [x.name for x in specs]})
-            report = view.report()
-            per_task[s.name] = {"metrics": metrics, "main_score": main_score(s, metrics), "stored_bytes": report["stored_bytes"],
-                                "head_params": report["head_params"]}
+            view = petl.for_task_model(b.model, task=s.name)
+            task_info = {"name": s.name, "kind": s.kind, "label_names": list(s.label_names), "mode": b.mode,
+                         "benchmark": s.benchmark, "text_fields": list(s.text_fields), "model": b.name_or_path,
+                         "max_length": options.max_length, "test_metrics": metrics, "multitask_with": [x.name for x in specs]}
+            view.task = task_info
+            members[s.name] = (view, task_info)
+            per_task[s.name] = {"metrics": metrics, "main_score": main_score(s, metrics), "head_params": view.report()["head_params"]}
+        if petl.masked:  # one shared prototype: stored once for the family
+            save_family(members, out / MODULE_DIR)
+        else:
+            for name, (view, task_info) in members.items():
+                view.save(out / MODULE_DIR / name, task=task_info)
+        for name in per_task:
+            per_task[name]["stored_bytes"] = sum(p.stat().st_size for p in (out / MODULE_DIR / name).iterdir())
+        family_bytes = (out / MODULE_DIR / PROTOTYPE_FILE).stat().st_size if petl.masked else None
         results = {
             "tasks": [s.name for s in specs], "task": "+".join(s.name for s in specs), "method": config.preset,
             "model": backbones[0].name_or_path, "multitask": True, "temperature": temperature, "per_task": per_task,
             "main_score": float(np.mean([v["main_score"] for v in per_task.values()])),
+            "family_prototype_bytes": family_bytes,
             "trainable_params": petl.report()["trainable_params"], "train_seconds": train_seconds,
             "learning_rate": learning_rate, "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
