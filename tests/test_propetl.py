@@ -172,3 +172,48 @@ def test_multitask_propetl_shares_one_prototype_and_reloads_every_task(tmp_path)
         examples = make_splits(task, str(GLUE))["test"][:8]
         assert len(predict_examples(petl, backbone, spec, examples, 48)) == 8
         assert info["test_metrics"] == results["per_task"][task]["metrics"]
+
+
+def test_a_saved_family_reloads_every_tasks_logits(tmp_path):
+    """Two tasks on one backbone and one prototype: each member module, loaded alone onto a fresh
+    backbone, reproduces that task's logits of the jointly trained model."""
+    from unipetl.multitask import MultiTaskModel, share_backbone
+    from unipetl.storage import save_family
+
+    models = [tiny_model("bert", num_labels=3), tiny_model("bert", num_labels=2, seed=5)]
+    models[1].bert = models[0].bert  # what share_backbone does
+    share_backbone(models)
+    petl = unipetl.PetlModel(models[0], PetlConfig.from_preset("proadapter", mask_keep=0.3), tasks=["a", "b"])
+    joint = MultiTaskModel(petl, ["a", "b"], models).eval()
+    with torch.no_grad():
+        for p in petl.methods.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    sources = [m.source for m in petl.methods.values() if isinstance(getattr(m, "source", None), MaskedPrototype)]
+    assert len(sources) == 2
+    assert all(s.prototype is petl.methods["prototype_ffn_adapter"] for s in sources)  # one prototype object
+    batch = {k: v for k, v in tiny_batch("bert").items() if k != "labels"}
+    expected = {}
+    with torch.no_grad():
+        for index, task in enumerate(("a", "b")):
+            expected[task] = joint(task=torch.tensor(index), **batch).logits
+    save_family({t: (petl.for_task_model(m, task=t), {"name": t}) for t, m in zip(("a", "b"), models)}, tmp_path / "family")
+    assert (tmp_path / "family" / "prototype.safetensors").is_file()
+    for task, labels in (("a", 3), ("b", 2)):
+        fresh = tiny_model("bert", num_labels=labels)  # the shared backbone's checkpoint; the head comes from the module
+        loaded = unipetl.load_petl_model(fresh, tmp_path / "family" / task).eval()
+        torch.testing.assert_close(logits(loaded, batch), expected[task], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(expected["a"][:, :2], expected["b"])
+
+
+def test_family_member_refuses_an_altered_prototype(tmp_path):
+    from unipetl.storage import save_family
+
+    models = [tiny_model("bert"), tiny_model("bert")]
+    models[1].bert = models[0].bert
+    petl = unipetl.PetlModel(models[0], PetlConfig.from_preset("proadapter"), tasks=["a", "b"])
+    save_family({t: (petl.for_task_model(m, task=t), {"name": t}) for t, m in zip(("a", "b"), models)}, tmp_path / "f")
+    data = bytearray((tmp_path / "f" / "prototype.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "f" / "prototype.safetensors").write_bytes(bytes(data))
+    with pytest.raises(unipetl.ModuleFormatError, match="prototype.safetensors does not match"):
+        unipetl.load_petl_model(tiny_model("bert"), tmp_path / "f" / "a")

@@ -279,11 +279,16 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
         metrics = evaluate_split(trainer, encoded["test"], spec, backbone, splits["test"])
         extra_tests = {name: evaluate_split(trainer, encoded[name], spec, backbone, splits[name])
                        for name in splits if name.startswith("test_")}
-        validation = {k[len("eval_"):]: v for k, v in trainer.evaluate().items()
-                      if k.startswith("eval_") and not k.startswith(("eval_runtime", "eval_samples", "eval_steps"))}
+        if splits["validation"] is splits["test"]:  # dev_as_test: the same examples, no second pass
+            validation = dict(metrics)
+        else:
+            validation = {k[len("eval_"):]: v for k, v in trainer.evaluate().items()
+                          if k.startswith("eval_") and not k.startswith(("eval_runtime", "eval_samples", "eval_steps"))}
         task_info = {"name": spec.name, "kind": spec.kind, "label_names": list(spec.label_names), "mode": backbone.mode,
                      "benchmark": spec.benchmark, "text_fields": list(spec.text_fields),
                      "model": backbone.name_or_path, "max_length": options.max_length, "test_metrics": metrics}
+        if not trainer.is_world_process_zero():  # several processes (torchrun / accelerate): one writes
+            return {"task": spec.name, "metrics": metrics}
         petl.save(out / MODULE_DIR, task=task_info)
         report = petl.report()
         results = {
@@ -399,10 +404,16 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
         checkpoint = resume and any((out / CHECKPOINT_DIR).glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if checkpoint else None)
         train_seconds = time.perf_counter() - start
-        per_task, members = {}, {}
-        for i, (s, b) in enumerate(zip(specs, backbones)):
+        test_metrics = {}
+        for i, (s, b) in enumerate(zip(specs, backbones)):  # every process takes part in prediction
             petl.set_task(s.name)
-            metrics = evaluate_split(trainer, TaggedDataset(encoded[s.name]["test"], i), s, b, splits[s.name]["test"])
+            test_metrics[s.name] = evaluate_split(trainer, TaggedDataset(encoded[s.name]["test"], i), s, b,
+                                                  splits[s.name]["test"])
+        if not trainer.is_world_process_zero():  # several processes (torchrun / accelerate): one writes
+            return {"tasks": [s.name for s in specs], "per_task": test_metrics}
+        per_task, members = {}, {}
+        for s, b in zip(specs, backbones):
+            metrics = test_metrics[s.name]
             view = petl.for_task_model(b.model, task=s.name)
             task_info = {"name": s.name, "kind": s.kind, "label_names": list(s.label_names), "mode": b.mode,
                          "benchmark": s.benchmark, "text_fields": list(s.text_fields), "model": b.name_or_path,
