@@ -226,6 +226,21 @@ def write_json_atomically(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not resume and not overwrite and any(out.iterdir()):
+        raise ConfigError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue")
+
+
+def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Create (or, with overwrite, replace) the output directory; True when this run created it."""
+    created = not out.exists()
+    if overwrite and out.exists() and not resume:
+        shutil.rmtree(out)
+        created = True
+    out.mkdir(parents=True, exist_ok=True)
+    return created
+
+
 # ----------------------------------------------------------------------- the whole run
 def train_task(task: str, method: str = "lora", model: str | None = None, data_dir: str | None = None,
                output_dir: str = "runs/unipetl", options: TrainOptions | None = None,
@@ -243,8 +258,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     options.validate()
     config = PetlConfig.from_preset(method, **(overrides or {}))
     out = Path(output_dir)
-    if out.exists() and not resume and not overwrite and any(out.iterdir()):
-        raise ConfigError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue")
+    check_output_dir(out, resume, overwrite)
     if custom:
         spec, splits = custom_splits(**custom, seed=options.seed)
         if options.max_train_samples:
@@ -259,11 +273,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     petl = get_petl_model(backbone.model, config)
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
 
-    created = not out.exists()
-    if overwrite and out.exists() and not resume:
-        shutil.rmtree(out)
-        created = True
-    out.mkdir(parents=True, exist_ok=True)
+    created = prepare_output_dir(out, resume, overwrite)
     try:
         trainer, encoded = build_trainer(petl, backbone, spec, splits, options, out, learning_rate)
         for callback in callbacks or []:
@@ -365,8 +375,7 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     config = PetlConfig.from_preset(method, **(overrides or {}))
     specs = [get_task(t) for t in tasks]
     out = Path(output_dir)
-    if out.exists() and not resume and not overwrite and any(out.iterdir()):
-        raise ConfigError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue")
+    check_output_dir(out, resume, overwrite)
     splits = {s.name: make_splits(s, data_dir, options.protocol, options.seed, options.max_train_samples) for s in specs}
     for name, task_splits in splits.items():
         for part in ("train", "validation", "test"):
@@ -380,11 +389,7 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     joint = MultiTaskModel(petl, [s.name for s in specs], [b.model for b in backbones])
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
 
-    created = not out.exists()
-    if overwrite and out.exists() and not resume:
-        shutil.rmtree(out)
-        created = True
-    out.mkdir(parents=True, exist_ok=True)
+    created = prepare_output_dir(out, resume, overwrite)
     try:
         encoded = {s.name: {part: encode(ex, s, b.tokenizer, b.mode, options.max_length) for part, ex in splits[s.name].items()}
                    for s, b in zip(specs, backbones)}
