@@ -138,7 +138,7 @@ def test_task_score_gradient_is_straight_through_the_or():
     assert petl.methods["task_masks_ffn_adapter"][0].scores["down_weight"].grad is None  # task a untouched
 
 
-GLUE = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+GLUE = __import__("pathlib").Path(__import__("os").environ.get("UNIPETL_GLUE_DIR", __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"))
 
 
 @pytest.mark.skipif(not GLUE.is_dir(), reason=f"GLUE data directory not available: {GLUE}")

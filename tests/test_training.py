@@ -2,6 +2,7 @@
 SST-2 quality check on the real MiniLM (slow)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from unipetl.cli import main
 from unipetl.defaults import default_model_path
 from unipetl.training import TrainOptions, train_task
 
-GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+GLUE = Path(os.environ.get("UNIPETL_GLUE_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"))
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"GLUE data directory not available: {GLUE}")
 
 
@@ -112,6 +113,7 @@ def test_a_killed_run_resumed_from_its_checkpoint_ends_like_an_uninterrupted_one
 
 
 # ------------------------------------------------------------------ bad input through the CLI
+@needs_glue
 @pytest.mark.parametrize("args,message", [
     (["train", "--task", "sst3"], "unknown task 'sst3'; valid task names: cola, sst2"),
     (["train", "--task", "sst2", "--method", "lorra"], "unknown preset 'lorra'; known presets: bitfit, full, houlsby"),
@@ -129,6 +131,7 @@ def test_bad_arguments_exit_non_zero_with_a_clear_message_and_no_output(args, me
     assert not out.exists()
 
 
+@needs_glue
 def test_missing_data_file_is_named(tiny_bert, tmp_path, capsys):
     (tmp_path / "data" / "CB").mkdir(parents=True)
     (tmp_path / "data" / "CB" / "train.jsonl").write_text('{"premise": "a", "hypothesis": "b", "label": "entailment"}\n')
@@ -138,6 +141,7 @@ def test_missing_data_file_is_named(tiny_bert, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@needs_glue
 def test_bad_label_in_a_data_file_names_file_line_and_field(tiny_bert, tmp_path, capsys):
     shutil.copytree(GLUE / "CB", tmp_path / "data" / "CB")
     lines = (tmp_path / "data" / "CB" / "train.jsonl").read_text().splitlines()
@@ -149,6 +153,7 @@ def test_bad_label_in_a_data_file_names_file_line_and_field(tiny_bert, tmp_path,
     assert not (tmp_path / "o").exists()
 
 
+@needs_glue
 def test_unsupported_model_is_refused_before_training(tmp_path, capsys):
     path = tmp_path / "gpt2"
     T.GPT2Model(T.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50)).save_pretrained(path)
@@ -156,6 +161,7 @@ def test_unsupported_model_is_refused_before_training(tmp_path, capsys):
     assert code == 2 and "'gpt2'" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
+@needs_glue
 def test_non_empty_output_dir_needs_overwrite_or_resume(tiny_bert, tmp_path, capsys):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "keep.txt").write_text("x")
