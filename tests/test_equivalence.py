@@ -181,7 +181,7 @@ def test_prompt_tuning_equals_backbone_on_prepended_embeddings(family):
                                     PetlConfig(attn_mode="bitfit")], ids=["lora_attn", "lora_ffn", "bitfit"])
 def test_merge_gives_the_same_logits(family, config):
     if config.attn_mode == "bitfit" and family == "t5":
-        pytest.skip("T5 has no biases for BitFit")
+        pytest.skip("bias parameters are absent on T5, so BitFit does not apply")
     batch = tiny_batch(family)
     petl = unipetl.get_petl_model(tiny_model(family), config).eval()
     randomize(petl)

@@ -73,7 +73,7 @@ def expected(preset, family, model):
 @pytest.mark.parametrize("preset", unipetl.list_presets())
 def test_trainable_count_matches_closed_form(family, preset):
     if preset == "bitfit" and family == "t5":
-        pytest.skip("T5 has no bias parameters (bitfit is refused there, see test_bitfit_refused_on_t5)")
+        pytest.skip("bias parameters are absent on T5 (bitfit is refused there, see test_bitfit_refused_on_t5)")
     model = tiny_model(family)
     want = expected(preset, family, model)
     petl = unipetl.get_petl_model(model, PetlConfig.from_preset(preset, **SMALL.get(preset, {})))

@@ -226,6 +226,17 @@ def write_json_atomically(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def task_metadata(spec, backbone: Backbone, options: TrainOptions, metrics: dict, **extra) -> dict:
+    """What a task module's header records about its task, so evaluate/predict can rebuild it."""
+    return {"name": spec.name, "kind": spec.kind, "label_names": list(spec.label_names), "mode": backbone.mode,
+            "benchmark": spec.benchmark, "text_fields": list(spec.text_fields), "model": backbone.name_or_path,
+            "max_length": options.max_length, "test_metrics": metrics, **extra}
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not resume and not overwrite and any(out.iterdir()):
         raise ConfigError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue")
@@ -294,9 +305,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
         else:
             validation = {k[len("eval_"):]: v for k, v in trainer.evaluate().items()
                           if k.startswith("eval_") and not k.startswith(("eval_runtime", "eval_samples", "eval_steps"))}
-        task_info = {"name": spec.name, "kind": spec.kind, "label_names": list(spec.label_names), "mode": backbone.mode,
-                     "benchmark": spec.benchmark, "text_fields": list(spec.text_fields),
-                     "model": backbone.name_or_path, "max_length": options.max_length, "test_metrics": metrics}
+        task_info = task_metadata(spec, backbone, options, metrics)
         if not trainer.is_world_process_zero():  # several processes (torchrun / accelerate): one writes
             return {"task": spec.name, "metrics": metrics}
         petl.save(out / MODULE_DIR, task=task_info)
@@ -309,7 +318,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             "stored_bytes": report["stored_bytes"], "full_model_bytes": full_model_bytes(petl.model),
             "train_seconds": train_seconds, "train_examples": len(splits["train"]), "learning_rate": learning_rate,
             "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "device": device_name(),
         }
         write_json_atomically(out / RESULTS_FILE, results)
     except Exception:
@@ -420,9 +429,7 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
         for s, b in zip(specs, backbones):
             metrics = test_metrics[s.name]
             view = petl.for_task_model(b.model, task=s.name)
-            task_info = {"name": s.name, "kind": s.kind, "label_names": list(s.label_names), "mode": b.mode,
-                         "benchmark": s.benchmark, "text_fields": list(s.text_fields), "model": b.name_or_path,
-                         "max_length": options.max_length, "test_metrics": metrics, "multitask_with": [x.name for x in specs]}
+            task_info = task_metadata(s, b, options, metrics, multitask_with=[x.name for x in specs])
             view.task = task_info
             members[s.name] = (view, task_info)
             per_task[s.name] = {"metrics": metrics, "main_score": main_score(s, metrics), "head_params": view.report()["head_params"]}
@@ -441,7 +448,7 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
             "family_prototype_bytes": family_bytes,
             "trainable_params": petl.report()["trainable_params"], "train_seconds": train_seconds,
             "learning_rate": learning_rate, "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "device": device_name(),
         }
         write_json_atomically(out / RESULTS_FILE, results)
     except Exception:
