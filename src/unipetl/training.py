@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
 from .backbone import Backbone, load_backbone
 from .config import PetlConfig
@@ -280,6 +280,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     for name in ("train", "validation", "test"):
         if not splits.get(name):
             raise DataError(f"task {spec.name!r}: the {name} split is empty (protocol {options.protocol!r}, data {data_dir})")
+    set_seed(options.seed)  # head and method initialisation (adapters, LoRA, mask scores) are part of the seeded run
     backbone = load_backbone(model, spec)
     petl = get_petl_model(backbone.model, config)
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
@@ -390,6 +391,7 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
         for part in ("train", "validation", "test"):
             if not task_splits.get(part):
                 raise DataError(f"task {name!r}: the {part} split is empty (protocol {options.protocol!r}, data {data_dir})")
+    set_seed(options.seed)
     backbones = [load_backbone(model, s) for s in specs]
     if len({b.mode == "text_to_text" for b in backbones}) > 1:
         raise ConfigError("all tasks of a multi-task run must use the same backbone mode")
