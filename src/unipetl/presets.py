@@ -122,9 +122,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 LEARNING_RATES: dict[str, float] = {
     "houlsby": 1e-3, "pfeiffer": 1e-3, "parallel": 1e-3, "scaled_parallel": 1e-3, "lora": 1e-3, "prefix": 1e-3,
     "prompt_tuning": 3e-2, "bitfit": 1e-3, "mam": 1e-3, "mam_glue": 1e-3, "full": 5e-5,
-    # ProAdapter's one prototype serves every layer through half-masks; in 2-epoch runs on MiniLM it
-    # needed 3e-3 to match Pfeiffer (STS-B: 77.5 at 1e-3, 80.7 at 3e-3; benchmarks/bench_propetl_quality.py).
-    "proadapter": 3e-3, "prolora": 1e-3, "proprefix": 1e-3,
+    "proadapter": 1e-3, "prolora": 1e-3, "proprefix": 1e-3,
 }
 
 
