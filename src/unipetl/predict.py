@@ -11,26 +11,20 @@ import torch
 from .encoding import collator_for, encode
 from .errors import DataError
 from .tasks import Example, build_examples, parse_text_target
+from .tasks.loaders import _jsonl
 
 
 def read_inputs(path: str, spec) -> list[Example]:
     """Each line: {"text": ..., "text_pair": ...}, {"texts": [...]}, or a row in the task's own layout."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = list(_jsonl(path))  # the task loaders' JSONL reader: line numbers and JSON errors named
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read the input file: {err}") from None
     examples = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {number}: not valid JSON: {err.msg}") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}, line {number}: expected a JSON object")
-        if "texts" in row or "text" in row and spec.kind != "multiple_choice" and spec.name not in ("wic", "wsc", "record", "multirc"):
+    for number, row in rows:
+        plain_text = "text" in row and spec.kind != "multiple_choice" and spec.name not in ("wic", "wsc", "record", "multirc")
+        if "texts" in row or plain_text:
             texts = row["texts"] if "texts" in row else [row["text"]] + ([row["text_pair"]] if "text_pair" in row else [])
             if not texts or not all(isinstance(t, str) for t in texts):
                 raise DataError(f"{path}, line {number}: 'texts' must be a non-empty list of strings")
