@@ -45,6 +45,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-train-samples", type=int, help="a seeded subset of the training split")
     parser.add_argument("--learning-rate", type=float, help="default: the preset's (see `unipetl methods`)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=None, help="tokens per input (default 128; 64 for the default run)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--protocol", default="dev_as_test", help="split protocol: dev_as_test, hyperformer, scalearn")
@@ -116,7 +117,7 @@ def cmd_train(args) -> int:
     default_run = args.task == DEFAULT_TASK and not args.train_file
     options = TrainOptions(
         epochs=args.epochs if args.epochs is not None else (2.0 if default_run else 3.0), max_steps=args.max_steps,
-        learning_rate=args.learning_rate, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         max_length=args.max_length or (64 if default_run else 128), seed=args.seed, protocol=args.protocol,
         max_train_samples=args.max_train_samples, early_stopping_patience=args.early_stopping_patience,
         precision=args.precision, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
@@ -135,6 +136,8 @@ def cmd_train(args) -> int:
     results = train_task(args.task, args.method, args.model, args.data_dir, output, options, _parse_set(args.set),
                          resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr),
                          custom=custom)
+    if not results.get("main_process", True):  # several processes: the first one reports
+        return 0
     metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in results["metrics"].items() if k != "main_score")
     print(f"\n{results['task']} / {results['method']}: test {metrics}")
     print(f"trainable parameters: {results['trainable_params']:,} ({results['trainable_percent']:.3f} % of "
@@ -157,6 +160,8 @@ def _train_multitask(args, options) -> int:
     results = train_multitask(tasks, args.method, args.model, args.data_dir, output, options, _parse_set(args.set),
                               args.temperature, resume=args.resume, overwrite=args.overwrite,
                               log=lambda m: print(m, file=sys.stderr))
+    if not results.get("main_process", True):  # several processes: the first one reports
+        return 0
     print()
     for name, row in results["per_task"].items():
         metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in row["metrics"].items() if k != "main_score")

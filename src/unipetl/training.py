@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
+from transformers.trainer_pt_utils import nested_truncate
 
 from .backbone import Backbone, load_backbone
 from .config import PetlConfig
@@ -139,6 +141,10 @@ class PetlTrainer(Seq2SeqTrainer):
 # ----------------------------------------------------------------------- predictions and metrics
 def predictions_from_outputs(outputs, task, mode: str, tokenizer, examples) -> tuple[list, list]:
     """(predictions, references) in the form `compute_metrics` takes, from raw model outputs."""
+    # Several processes: Seq2SeqTrainer gathers without trimming, so every process's last batch is
+    # padded to full size with repeated examples. The shards interleave whole batches in order, so
+    # the first len(examples) rows are the examples themselves.
+    outputs = nested_truncate(outputs, len(examples))
     references = [ex.label for ex in examples]
     if mode == "text_to_text":
         ids = np.where(outputs == -100, tokenizer.pad_token_id, outputs)
@@ -189,7 +195,9 @@ def training_arguments(options: TrainOptions, output_dir: Path, learning_rate: f
         logging_steps=options.logging_steps, report_to=[], disable_tqdm=not options.progress,
         seed=options.seed, data_seed=options.seed, remove_unused_columns=False, label_names=["labels"],
         predict_with_generate=text_to_text, generation_max_length=16,
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), **_precision_flags(options.precision))
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        # Without a GPU, torchrun's processes join one gloo process group only when told to use the CPU.
+        use_cpu=not torch.cuda.is_available(), **_precision_flags(options.precision))
 
 
 def build_trainer(petl: PetlModel, backbone: Backbone, task, splits: dict, options: TrainOptions,
@@ -237,13 +245,22 @@ def device_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
+def owns_output_dir() -> bool:
+    """False in all but the first of several launched processes (torchrun and accelerate set RANK).
+
+    Only the first process checks, creates and cleans up the output directory: the others would race it."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    if out.exists() and not resume and not overwrite and any(out.iterdir()):
+    if owns_output_dir() and out.exists() and not resume and not overwrite and any(out.iterdir()):
         raise ConfigError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue")
 
 
 def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> bool:
     """Create (or, with overwrite, replace) the output directory; True when this run created it."""
+    if not owns_output_dir():
+        return False
     created = not out.exists()
     if overwrite and out.exists() and not resume:
         shutil.rmtree(out)
@@ -291,9 +308,10 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
         for callback in callbacks or []:
             trainer.add_callback(callback)
         report = petl.report()
-        log(f"{spec.name}: {config.preset} on {backbone.name_or_path} | train {len(splits['train'])}, "
-            f"validation {len(splits['validation'])}, test {len(splits['test'])} | trainable {report['trainable_params']:,} "
-            f"(+ head {report['head_params']:,}) | lr {learning_rate:g}")
+        if trainer.is_world_process_zero():
+            log(f"{spec.name}: {config.preset} on {backbone.name_or_path} | train {len(splits['train'])}, "
+                f"validation {len(splits['validation'])}, test {len(splits['test'])} | "
+                f"trainable {report['trainable_params']:,} (+ head {report['head_params']:,}) | lr {learning_rate:g}")
         start = time.perf_counter()
         checkpoint = resume and any((out / CHECKPOINT_DIR).glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if checkpoint else None)
@@ -308,7 +326,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
                           if k.startswith("eval_") and not k.startswith(("eval_runtime", "eval_samples", "eval_steps"))}
         task_info = task_metadata(spec, backbone, options, metrics)
         if not trainer.is_world_process_zero():  # several processes (torchrun / accelerate): one writes
-            return {"task": spec.name, "metrics": metrics}
+            return {"task": spec.name, "metrics": metrics, "main_process": False}
         petl.save(out / MODULE_DIR, task=task_info)
         report = petl.report()
         results = {
@@ -414,8 +432,9 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
         trainer.task_evals = [(s.name, TaggedDataset(encoded[s.name]["validation"], i),
                                metrics_function(s, b.mode, b.tokenizer, splits[s.name]["validation"]))
                               for i, (s, b) in enumerate(zip(specs, backbones))]
-        log(f"multi-task {', '.join(s.name for s in specs)}: {config.preset}, temperature {temperature}, "
-            f"train sizes {[len(d) for d in train_sets]}, lr {learning_rate:g}")
+        if trainer.is_world_process_zero():
+            log(f"multi-task {', '.join(s.name for s in specs)}: {config.preset}, temperature {temperature}, "
+                f"train sizes {[len(d) for d in train_sets]}, lr {learning_rate:g}")
         start = time.perf_counter()
         checkpoint = resume and any((out / CHECKPOINT_DIR).glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if checkpoint else None)
@@ -426,7 +445,7 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
             test_metrics[s.name] = evaluate_split(trainer, TaggedDataset(encoded[s.name]["test"], i), s, b,
                                                   splits[s.name]["test"])
         if not trainer.is_world_process_zero():  # several processes (torchrun / accelerate): one writes
-            return {"tasks": [s.name for s in specs], "per_task": test_metrics}
+            return {"tasks": [s.name for s in specs], "per_task": test_metrics, "main_process": False}
         per_task, members = {}, {}
         for s, b in zip(specs, backbones):
             metrics = test_metrics[s.name]
