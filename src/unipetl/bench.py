@@ -25,9 +25,11 @@ class MethodSpec:
     library: str  # "unipetl" or "peft"
     method: str  # preset name, or "lora"/"prefix" for PEFT
     overrides: dict = field(default_factory=dict)
+    stage: str = ""  # "fixed_mask": a diff-pruning model projected to its density before timing (stage 3)
 
     def to_json(self) -> str:
-        return json.dumps({"label": self.label, "library": self.library, "method": self.method, "overrides": self.overrides})
+        return json.dumps({"label": self.label, "library": self.library, "method": self.method, "overrides": self.overrides,
+                           "stage": self.stage})
 
 
 def _peft_model(base, spec: MethodSpec):
@@ -56,9 +58,16 @@ def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, st
         model = _peft_model(base, spec)
     else:
         model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset(spec.method, **spec.overrides))
+        if spec.stage == "fixed_mask":
+            with torch.no_grad():
+                model.diff.weight.normal_()
+            model.project()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    # Our models: the method's own optimizer groups (gate logits, mask scores) as `unipetl train` uses them.
+    groups = model.parameter_groups(1e-4, 0.0) if spec.library == "unipetl" else params
+    optimizer = torch.optim.AdamW(groups, lr=1e-4)
+    extra_loss = getattr(model, "extra_loss", lambda: None)
     vocab = base.config.vocab_size
     batch = {"input_ids": torch.randint(1000, vocab, (batch_size, seq_len)),
              "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
@@ -68,6 +77,9 @@ def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, st
     for step in range(warmup + steps):
         start = time.perf_counter()
         loss = model(**batch).loss
+        extra = extra_loss()
+        if extra is not None:
+            loss = loss + extra
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -25,7 +25,9 @@ INIT_OPTIONS = ("bert", "lora")
 ADAPTER_ACTIVATIONS = ("relu", "swish", "gelu", "tanh")
 LORA_INITS = ("lora", "bert")
 LEARNABLE_SCALAR = "learnable_scalar"
-PARAM_SOURCES = ("owned", "masked_prototype")
+PARAM_SOURCES = ("owned", "masked_prototype", "gated_diff")
+DIFF_STAGES = ("l0", "fixed_mask")
+GATE_EVAL_OPTIONS = ("deterministic", "sample")
 
 # Which insertion options each mode accepts (the first is used when the option is left unset).
 _ALLOWED_ATTN_OPTIONS = {
@@ -81,12 +83,25 @@ class PetlConfig:
     mask_keep: float = 0.5
     mask_learning_rate: float | None = None
     mask_weight_decay: float = 0.1
+    # Diff pruning (param_source="gated_diff", ALGORITHMS.md §4): a diff on every backbone weight,
+    # hard-concrete gates in the L0 stage, then a fixed sparse mask keeping `diff_density` of the entries.
+    diff_stage: str = "l0"
+    diff_density: float = 0.005
+    l0_penalty: float = 1.25e-7
+    gate_init: float = 5.0
+    gate_limits: tuple[float, float] = (-1.5, 1.5)
+    gate_structured: bool = True
+    gate_learning_rate: float = 0.1
+    gate_eval: str = "deterministic"
+    diff_l0_fraction: float = 0.5
+    fixmask_learning_rate: float = 5e-5
     train_head: bool = True
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
+        self.gate_limits = tuple(self.gate_limits)
         self.validate()
 
     # ----------------------------------------------------------------- construction
@@ -120,6 +135,7 @@ class PetlConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["lora_targets"] = list(self.lora_targets)
+        out["gate_limits"] = list(self.gate_limits)
         return out
 
     def replace(self, **changes: Any) -> "PetlConfig":
@@ -205,8 +221,32 @@ class PetlConfig:
                 raise ConfigError(f"mask_keep={self.mask_keep!r} must be the fraction of entries kept, in (0, 1]")
             if self.mask_learning_rate is not None and not self.mask_learning_rate > 0:
                 raise ConfigError(f"mask_learning_rate={self.mask_learning_rate!r} must be positive")
+        if self.param_source == "gated_diff":
+            self._validate_diff()
         if self.full_finetune and (self.attn_mode != "none" or self.ffn_mode != "none"):
             raise ConfigError("full_finetune=True trains every weight; it cannot be combined with attn_mode/ffn_mode")
+
+    def _validate_diff(self) -> None:
+        from .diff import check_density
+
+        if self.attn_mode != "none" or self.ffn_mode != "none" or self.full_finetune:
+            raise ConfigError("param_source='gated_diff' diffs the backbone's own weights; it needs attn_mode='none', "
+                              f"ffn_mode='none', full_finetune=False (got {self.attn_mode!r}, {self.ffn_mode!r}, "
+                              f"{self.full_finetune})")
+        _choice("diff_stage", self.diff_stage, DIFF_STAGES)
+        _choice("gate_eval", self.gate_eval, GATE_EVAL_OPTIONS)
+        check_density(self.diff_density)
+        limits = self.gate_limits
+        if len(limits) != 2 or not all(isinstance(v, (int, float)) for v in limits) or not limits[0] < 0 < 1 < limits[1]:
+            raise ConfigError(f"gate_limits={list(self.gate_limits)!r} must be the stretch interval (l, r) with l < 0 and r > 1")
+        if not isinstance(self.l0_penalty, (int, float)) or self.l0_penalty < 0:
+            raise ConfigError(f"l0_penalty={self.l0_penalty!r} must be a non-negative number")
+        for name in ("gate_learning_rate", "fixmask_learning_rate"):
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive number")
+        if not isinstance(self.diff_l0_fraction, (int, float)) or not 0.0 < self.diff_l0_fraction < 1.0:
+            raise ConfigError(f"diff_l0_fraction={self.diff_l0_fraction!r} is the share of the training budget spent "
+                              "in the L0 stage (the fixed-mask stage gets the rest); it must be in (0, 1)")
 
     # ----------------------------------------------------------------- derived sizes
     def resolve_bn(self, which: str, hidden_size: int) -> int:

@@ -17,6 +17,13 @@ def methods_table(model: str | None = None, task: str = "sst2") -> list[dict]:
     for name in list_presets():
         petl = get_petl_model(copy.deepcopy(backbone.model), PetlConfig.from_preset(name))
         report = petl.report()
+        if petl.diff is not None:  # diff pruning: trains the dense diff and gates, stores the projected diff
+            import torch
+
+            with torch.no_grad():
+                petl.diff.weight.normal_()
+            petl.project()
+            report["stored_bytes"] = petl.report()["stored_bytes"]
         rows.append({"preset": name, "summary": PRESETS[name]["summary"], "learning_rate": default_learning_rate(name),
                      **{k: report[k] for k in ("trainable_params", "head_params", "backbone_params", "trainable_percent",
                                                "stored_bytes")}})

@@ -8,6 +8,7 @@ backbone only reference them. Nothing here knows a module name of a backbone fam
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from . import attention as prefix_attention
 from .config import PetlConfig
+from .diff import GatedDiff, SparseDiff, decode_indices, diff_layout, encode_indices, project_to_density
 from .errors import ConfigError, ModuleFormatError
 from .forms import (Bottleneck, FlatPrefix, LowRank, OwnedParams, PrefixGenerator, PromptEmbedding,
                     bottleneck_tensors, lowrank_tensors)
@@ -130,6 +132,9 @@ class PetlModel(nn.Module):
 
     def _attach(self) -> None:
         cfg, d = self.config, self.sites.hidden_size
+        if cfg.param_source == "gated_diff":
+            self._attach_diff()
+            return
         if self.masked:
             # Mask scores: their own learning rate and weight decay (ProPETL §2.5).
             mask_lr = {"weight_decay": cfg.mask_weight_decay}
@@ -250,6 +255,54 @@ class PetlModel(nn.Module):
         self._prefix_original = prefix_attention.enable_prefix_attention(
             self.model, self._prefix_modules, self.sites.family.manual_attention)
 
+    def _attach_diff(self) -> None:
+        """Diff pruning: a diff over every backbone weight (head excluded), gated (L0 stage) or sparse."""
+        cfg, layout = self.config, diff_layout(self.model)
+        if cfg.diff_stage == "l0":
+            self._register("diff", GatedDiff(layout, cfg.gate_init, cfg.gate_limits, cfg.gate_structured, cfg.gate_eval))
+            self.group_rules.append((lambda name, _: "gate_logits" in name,
+                                     {"lr": cfg.gate_learning_rate, "weight_decay": 0.0}))
+        else:  # sized when a module is loaded (load_stored_tensors) or by project()
+            self._register("diff", SparseDiff(layout, torch.zeros(0, dtype=torch.int64), torch.zeros(0)))
+
+    @property
+    def diff(self) -> GatedDiff | SparseDiff | None:
+        return self.methods["diff"] if "diff" in self.methods else None
+
+    def _diffed_parameters(self) -> dict[str, torch.Tensor]:
+        params = dict(self.model.named_parameters())
+        parts = self.diff.layout.split(self.diff.delta())
+        return {name: params[name] + part.to(params[name].dtype) for name, part in parts.items()}
+
+    @contextmanager
+    def diff_written_in(self):
+        """Within the block, the backbone's own tensors hold theta_pre + delta (restored bit-exactly after)."""
+        with torch.no_grad():
+            params = dict(self.model.named_parameters())
+            saved = {}
+            for name, part in self.diff.layout.split(self.diff.delta().detach()).items():
+                if bool(part.any()):
+                    saved[name] = params[name].detach().clone()
+                    params[name].add_(part.to(params[name].dtype))
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for name, original in saved.items():
+                    params[name].copy_(original)
+
+    def project(self, density: float | None = None) -> dict:
+        """Diff pruning stage 2: keep the ``density`` fraction of largest |delta| entries (default: the
+        config's diff_density) and switch to the fixed-mask stage. Returns the projection's statistics."""
+        if not isinstance(self.diff, GatedDiff):
+            raise ConfigError("project() needs a diff in the L0 stage (param_source='gated_diff', diff_stage='l0')")
+        density = self.config.diff_density if density is None else density
+        sparse, stats = project_to_density(self.diff, density)
+        self.methods["diff"] = sparse.to(self.diff.weight.device)
+        self.config = self.config.replace(diff_stage="fixed_mask", diff_density=density)
+        self.group_rules = [rule for rule in self.group_rules if not rule[0]("gate_logits", None)]
+        return stats
+
     def _attach_bitfit(self) -> None:
         head = {name.rpartition(".")[0] for name in self.head_names}
         deltas = nn.ParameterDict()
@@ -274,11 +327,16 @@ class PetlModel(nn.Module):
 
     # ================================================================= running
     def forward(self, *args, **kwargs):
+        if self.diff is not None:  # theta_pre + delta, without writing into the frozen backbone
+            return torch.func.functional_call(self.model, self._diffed_parameters(), args, kwargs, strict=False)
         if self.prompt is not None:
             kwargs = self._with_prompt(kwargs)
         return self.model(*args, **kwargs)
 
     def generate(self, **kwargs):
+        if self.diff is not None:
+            with self.diff_written_in():
+                return self.model.generate(**kwargs)
         if self.prompt is not None:
             kwargs = self._with_prompt(kwargs)
         return self.model.generate(**kwargs)
@@ -329,7 +387,9 @@ class PetlModel(nn.Module):
         return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
 
     def extra_loss(self) -> torch.Tensor | None:
-        """Loss terms a method adds to the task loss (none for the methods of the unified design space)."""
+        """Loss terms a method adds to the task loss: diff pruning's expected-L0 penalty in its L0 stage."""
+        if isinstance(self.diff, GatedDiff) and self.training and self.config.l0_penalty > 0:
+            return self.config.l0_penalty * self.diff.expected_l0()
         return None
 
     # ================================================================= accounting
@@ -393,6 +453,10 @@ class PetlModel(nn.Module):
             if isinstance(module, PrefixGenerator):
                 tensors[f"methods.{key}.values"] = module.eject()
                 continue
+            if isinstance(module, SparseDiff):  # sorted positions as gaps, and the values
+                tensors[f"methods.{key}.index_gaps"] = encode_indices(module.indices)
+                tensors[f"methods.{key}.values"] = module.values
+                continue
             for name, value in module.state_dict().items():
                 if ".scores." not in f".{key}.{name}":
                     tensors[f"methods.{key}.{name}"] = value
@@ -419,7 +483,14 @@ class PetlModel(nn.Module):
     @torch.no_grad()
     def load_stored_tensors(self, tensors: dict[str, torch.Tensor], source: str = "module") -> None:
         """Copy tensors written by `stored_tensors` of a flat-prefix model; checks every name and shape first."""
-        expected = {k: v.shape for k, v in self.stored_tensors().items()}
+        if isinstance(self.diff, SparseDiff) and "methods.diff.index_gaps" in tensors:  # its size comes from the file
+            indices = decode_indices(tensors["methods.diff.index_gaps"], self.diff.layout.total, source)
+            values = tensors.get("methods.diff.values", torch.zeros(0))
+            if values.shape != indices.shape:
+                raise ModuleFormatError(f"{source}: {values.numel()} diff values for {indices.numel()} indices")
+            self.methods["diff"] = SparseDiff(self.diff.layout, indices, values)
+            tensors = {k: v for k, v in tensors.items() if k != "methods.diff.index_gaps"}
+        expected = {k: v.shape for k, v in self.stored_tensors().items() if k != "methods.diff.index_gaps"}
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or unexpected:
             raise ModuleFormatError(
@@ -443,7 +514,12 @@ class PetlModel(nn.Module):
     # ================================================================= merge / unload
     @torch.no_grad()
     def merge(self) -> "PetlModel":
-        """Fold LoRA and BitFit into the backbone weights (zero inference overhead). Irreversible."""
+        """Fold LoRA, BitFit and a diff into the backbone weights (zero inference overhead). Irreversible."""
+        if self.diff is not None:
+            params = dict(self.model.named_parameters())
+            for name, part in self.diff.layout.split(self.diff.delta().detach()).items():
+                params[name].add_(part.to(params[name].dtype))
+            del self.methods["diff"]
         for path, original in list(self._wrapped.items()):
             wrapper = self.model.get_submodule(path)
             if isinstance(wrapper, LinearWithChanges) and wrapper.lora is not None:

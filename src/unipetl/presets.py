@@ -108,6 +108,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": dict(attn_mode="prefix", attn_option="concat", attn_bn=64, mid_dim=512,
                        param_source="masked_prototype", mask_keep=0.1, mask_learning_rate=1e-4, mask_weight_decay=0.1),
     },
+    "diffprune": {
+        "summary": "Diff pruning: L0-gated diff on every backbone weight, projected to 0.5 %, then fine-tuned with the mask fixed",
+        "source": "§4.1-4.3 (structured gates, l=-1.5, r=1.5, alpha 5, lambda 1.25e-7, gate lr 0.1, fixed-mask lr 5e-5)",
+        "config": dict(param_source="gated_diff", diff_density=0.005, l0_penalty=1.25e-7, gate_init=5.0,
+                       gate_limits=(-1.5, 1.5), gate_structured=True, gate_learning_rate=0.1,
+                       fixmask_learning_rate=5e-5),
+    },
     "full": {
         "summary": "Full fine-tuning baseline: every backbone weight and the head are trained and stored",
         "source": "baseline",
@@ -123,6 +130,7 @@ LEARNING_RATES: dict[str, float] = {
     "houlsby": 1e-3, "pfeiffer": 1e-3, "parallel": 1e-3, "scaled_parallel": 1e-3, "lora": 1e-3, "prefix": 1e-3,
     "prompt_tuning": 3e-2, "bitfit": 1e-3, "mam": 1e-3, "mam_glue": 1e-3, "full": 5e-5,
     "proadapter": 1e-3, "prolora": 1e-3, "proprefix": 1e-3,
+    "diffprune": 1e-5,  # the L0 stage's diff w (gates: gate_learning_rate; fixed-mask stage: fixmask_learning_rate)
 }
 
 

@@ -186,13 +186,10 @@ def save_family(members: dict, directory) -> dict:
     return summary
 
 
-def load_petl_model(model, directory):
-    """Rebuild a saved task module on ``model`` (a fresh backbone of the same checkpoint)."""
-    from .model import PetlModel, backbone_fingerprint
-    from .sites import family_for
+def check_backbone(model, header: dict, directory) -> None:
+    """Refuse a module trained on another model type or checkpoint, before the backbone is touched."""
+    from .model import backbone_fingerprint
 
-    header, tensors = read_module(directory)
-    family_for(model)  # unsupported architecture: refuse before anything else
     expected = header["backbone"]
     if model.config.model_type != expected.get("model_type"):
         raise ModuleFormatError(
@@ -201,10 +198,20 @@ def load_petl_model(model, directory):
         raise ModuleFormatError(
             f"{directory} was trained on another backbone checkpoint (fingerprint "
             f"{str(expected.get('fingerprint'))[:12]}...); load it onto the backbone it was trained on")
+
+
+def load_petl_model(model, directory):
+    """Rebuild a saved task module on ``model`` (a fresh backbone of the same checkpoint)."""
+    from .model import PetlModel
+    from .sites import family_for
+
+    header, tensors = read_module(directory)
+    family_for(model)  # unsupported architecture: refuse before anything else
+    check_backbone(model, header, directory)
     try:
         config = PetlConfig.from_dict(header["config"])
     except (ConfigError, TypeError) as err:
-        raise ModuleFormatError(f"{directory / HEADER_FILE}: invalid config: {err}") from None
+        raise ModuleFormatError(f"{Path(directory) / HEADER_FILE}: invalid config: {err}") from None
     petl = PetlModel(model, config, flat_prefix=header.get("prefix_form") == "flat",
                      frozen_masks=header.get("masks") == "bits")
     try:

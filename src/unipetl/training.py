@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +180,8 @@ def _precision_flags(precision: str) -> dict:
 
 
 def training_arguments(options: TrainOptions, output_dir: Path, learning_rate: float, train_size: int,
-                       text_to_text: bool) -> Seq2SeqTrainingArguments:
+                       text_to_text: bool, select_best: bool = True) -> Seq2SeqTrainingArguments:
+    """``select_best=False``: no evaluation, no checkpoints, the run ends with its last state."""
     steps_per_epoch = math.ceil(train_size / options.batch_size)
     total = options.max_steps if options.max_steps > 0 else math.ceil(steps_per_epoch * options.epochs)
     every = max(1, min(steps_per_epoch, total))  # evaluate and checkpoint once per epoch
@@ -190,8 +191,9 @@ def training_arguments(options: TrainOptions, output_dir: Path, learning_rate: f
         learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=options.warmup_ratio,
         weight_decay=options.weight_decay,
         per_device_train_batch_size=options.batch_size, per_device_eval_batch_size=options.eval_batch_size,
-        eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every, save_total_limit=2,
-        load_best_model_at_end=True, metric_for_best_model="main_score", greater_is_better=True,
+        eval_strategy="steps" if select_best else "no", eval_steps=every,
+        save_strategy="steps" if select_best else "no", save_steps=every, save_total_limit=2,
+        load_best_model_at_end=select_best, metric_for_best_model="main_score", greater_is_better=True,
         logging_steps=options.logging_steps, report_to=[], disable_tqdm=not options.progress,
         seed=options.seed, data_seed=options.seed, remove_unused_columns=False, label_names=["labels"],
         predict_with_generate=text_to_text, generation_max_length=16,
@@ -201,10 +203,12 @@ def training_arguments(options: TrainOptions, output_dir: Path, learning_rate: f
 
 
 def build_trainer(petl: PetlModel, backbone: Backbone, task, splits: dict, options: TrainOptions,
-                  output_dir: Path, learning_rate: float) -> tuple[PetlTrainer, dict]:
-    encoded = {name: encode(examples, task, backbone.tokenizer, backbone.mode, options.max_length)
-               for name, examples in splits.items()}
-    args = training_arguments(options, output_dir, learning_rate, len(encoded["train"]), backbone.mode == "text_to_text")
+                  output_dir: Path, learning_rate: float, select_best: bool = True,
+                  encoded: dict | None = None) -> tuple[PetlTrainer, dict]:
+    encoded = encoded or {name: encode(examples, task, backbone.tokenizer, backbone.mode, options.max_length)
+                          for name, examples in splits.items()}
+    args = training_arguments(options, output_dir, learning_rate, len(encoded["train"]), backbone.mode == "text_to_text",
+                              select_best)
     callbacks = [EarlyStoppingCallback(options.early_stopping_patience)] if options.early_stopping_patience else []
     trainer = PetlTrainer(model=petl, args=args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
                           data_collator=collator_for(backbone.mode, backbone.tokenizer),
@@ -297,6 +301,8 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     for name in ("train", "validation", "test"):
         if not splits.get(name):
             raise DataError(f"task {spec.name!r}: the {name} split is empty (protocol {options.protocol!r}, data {data_dir})")
+    if resume and config.param_source == "gated_diff":
+        raise ConfigError("--resume is not available for diff pruning (its stages run in one go); start the run again")
     set_seed(options.seed)  # head and method initialisation (adapters, LoRA, mask scores) are part of the seeded run
     backbone = load_backbone(model, spec)
     petl = get_petl_model(backbone.model, config)
@@ -304,17 +310,22 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
 
     created = prepare_output_dir(out, resume, overwrite)
     try:
-        trainer, encoded = build_trainer(petl, backbone, spec, splits, options, out, learning_rate)
-        for callback in callbacks or []:
-            trainer.add_callback(callback)
-        report = petl.report()
-        if trainer.is_world_process_zero():
-            log(f"{spec.name}: {config.preset} on {backbone.name_or_path} | train {len(splits['train'])}, "
-                f"validation {len(splits['validation'])}, test {len(splits['test'])} | "
-                f"trainable {report['trainable_params']:,} (+ head {report['head_params']:,}) | lr {learning_rate:g}")
         start = time.perf_counter()
-        checkpoint = resume and any((out / CHECKPOINT_DIR).glob("checkpoint-*"))
-        trainer.train(resume_from_checkpoint=True if checkpoint else None)
+        stage_results = {}
+        if petl.diff is not None:
+            trainer, encoded, stage_results = train_diff_pruning(petl, backbone, spec, splits, options, out,
+                                                                 learning_rate, callbacks, log)
+        else:
+            trainer, encoded = build_trainer(petl, backbone, spec, splits, options, out, learning_rate)
+            for callback in callbacks or []:
+                trainer.add_callback(callback)
+            report = petl.report()
+            if trainer.is_world_process_zero():
+                log(f"{spec.name}: {config.preset} on {backbone.name_or_path} | train {len(splits['train'])}, "
+                    f"validation {len(splits['validation'])}, test {len(splits['test'])} | "
+                    f"trainable {report['trainable_params']:,} (+ head {report['head_params']:,}) | lr {learning_rate:g}")
+            checkpoint = resume and any((out / CHECKPOINT_DIR).glob("checkpoint-*"))
+            trainer.train(resume_from_checkpoint=True if checkpoint else None)
         train_seconds = time.perf_counter() - start
         metrics = evaluate_split(trainer, encoded["test"], spec, backbone, splits["test"])
         extra_tests = {name: evaluate_split(trainer, encoded[name], spec, backbone, splits[name])
@@ -337,7 +348,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             "stored_bytes": report["stored_bytes"], "full_model_bytes": full_model_bytes(petl.model),
             "train_seconds": train_seconds, "train_examples": len(splits["train"]), "learning_rate": learning_rate,
             "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
-            "device": device_name(),
+            "device": device_name(), **stage_results,
         }
         write_json_atomically(out / RESULTS_FILE, results)
     except Exception:
@@ -345,6 +356,51 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             shutil.rmtree(out, ignore_errors=True)
         raise
     return results
+
+
+def split_budget(options: TrainOptions, first_fraction: float) -> tuple[TrainOptions, TrainOptions]:
+    """Two stages sharing one training budget (steps or epochs): the first gets ``first_fraction``."""
+    if options.max_steps > 0:
+        first = min(options.max_steps - 1, max(1, round(first_fraction * options.max_steps)))
+        if first < 1:
+            raise ConfigError(f"--max-steps={options.max_steps} is too few for two training stages (need at least 2)")
+        return replace(options, max_steps=first), replace(options, max_steps=options.max_steps - first)
+    return (replace(options, epochs=options.epochs * first_fraction),
+            replace(options, epochs=options.epochs * (1 - first_fraction)))
+
+
+def train_diff_pruning(petl: PetlModel, backbone: Backbone, spec, splits: dict, options: TrainOptions, out: Path,
+                       learning_rate: float, callbacks, log) -> tuple[PetlTrainer, dict, dict]:
+    """Diff pruning's three stages in one run (ALGORITHMS.md §4.3), sharing the training budget.
+
+    1. L0 training of the gated diff (no checkpoints: the last state feeds the projection, as released);
+    2. projection to the config's diff_density by a global magnitude threshold;
+    3. fine-tuning the kept entries with the mask fixed (evaluated each epoch, best checkpoint kept).
+    """
+    cfg = petl.config
+    l0_options, fixed_options = split_budget(options, cfg.diff_l0_fraction)
+    trainer, encoded = build_trainer(petl, backbone, spec, splits, l0_options, out / "l0_stage", learning_rate,
+                                     select_best=False)
+    if trainer.is_world_process_zero():
+        log(f"{spec.name}: diffprune on {backbone.name_or_path} | train {len(splits['train'])} | L0 stage: "
+            f"{petl.diff.layout.total:,} gated entries, lr {learning_rate:g} (gates {cfg.gate_learning_rate:g}), "
+            f"lambda {cfg.l0_penalty:g}")
+    trainer.train()
+    with torch.no_grad():
+        expected_l0 = float(petl.diff.expected_l0())
+    projection = petl.project()
+    if trainer.is_world_process_zero():
+        log(f"projection: kept {projection['kept_entries']:,} of {projection['parameters']:,} entries "
+            f"(density {100 * projection['density']:.3f} %, threshold {projection['threshold']:.3g}); "
+            f"expected L0 after stage 1: {expected_l0:,.0f}")
+        log(f"fixed-mask stage: lr {cfg.fixmask_learning_rate:g}")
+    shutil.rmtree(out / "l0_stage", ignore_errors=True)
+    trainer, encoded = build_trainer(petl, backbone, spec, splits, fixed_options, out, cfg.fixmask_learning_rate,
+                                     encoded=encoded)
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
+    trainer.train()
+    return trainer, encoded, {"diff_projection": {**projection, "expected_l0_after_l0_stage": expected_l0}}
 
 
 # ----------------------------------------------------------------------- using a saved module
@@ -401,6 +457,8 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     if len(set(tasks)) < 2:
         raise ConfigError(f"multi-task training needs at least two different tasks, got {tasks}")
     config = PetlConfig.from_preset(method, **(overrides or {}))
+    if config.param_source == "gated_diff":
+        raise ConfigError("diff pruning trains one task at a time (a diff per task); run `unipetl train` per task")
     specs = [get_task(t) for t in tasks]
     out = Path(output_dir)
     check_output_dir(out, resume, overwrite)

@@ -1,0 +1,259 @@
+"""Diff pruning's parameter sources over the backbone's own weights (Guo et al. 2021; ALGORITHMS.md §4).
+
+The backbone parameters (head excluded) are treated as one flat vector theta_pre; a task changes it
+by a diff delta. Two sources give delta:
+
+- `GatedDiff` (L0 stage): a dense diff w and hard-concrete gate logits alpha, one per entry, plus one
+  group gate per parameter tensor (the structured variant): delta = z * z_group * w.
+- `SparseDiff` (fixed-mask stage, and what a task module stores): values at fixed sorted indices.
+
+`project_to_density` turns the first into the second with a global magnitude threshold. On disk a
+sparse diff is the index gaps (uint16 when every gap fits, else uint32) and the values.
+`TaskDiff` applies a stored diff (and head) to a backbone in place and restores it bit-exactly.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, ModuleFormatError
+from .gates import GatedDelta, deterministic_gates, expected_l0, sample_gates, uniform_noise
+
+
+class FlatLayout:
+    """Names, shapes and offsets of the diffed tensors inside the flat vector."""
+
+    def __init__(self, named_shapes: list[tuple[str, tuple[int, ...]]]):
+        self.names = [n for n, _ in named_shapes]
+        self.shapes = [tuple(s) for _, s in named_shapes]
+        self.sizes = [int(torch.Size(s).numel()) for s in self.shapes]
+        self.total = sum(self.sizes)
+
+    def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: part.view(shape) for n, part, shape in zip(self.names, flat.split(self.sizes), self.shapes)}
+
+
+class GatedDiff(nn.Module):
+    """Dense diff and hard-concrete gates for the L0 stage. ``eval_gates``: 'deterministic' or 'sample'."""
+
+    def __init__(self, layout: FlatLayout, alpha_init: float, limits: tuple[float, float], structured: bool,
+                 eval_gates: str = "deterministic"):
+        super().__init__()
+        self.layout, self.limits, self.eval_gates = layout, tuple(limits), eval_gates
+        self.weight = nn.Parameter(torch.zeros(layout.total))
+        self.gate_logits = nn.Parameter(torch.full((layout.total,), float(alpha_init)))
+        self.group_gate_logits = nn.Parameter(torch.full((len(layout.sizes),), float(alpha_init))) if structured else None
+
+    def delta(self) -> torch.Tensor:
+        if self.training:
+            seed = int(torch.randint(0, 2**62, (1,)).item())  # from the seeded global generator
+            return GatedDelta.apply(self.weight, self.gate_logits, self.group_gate_logits, seed, self.limits,
+                                    self.layout.sizes)
+        with torch.no_grad():
+            return self.weight * self._eval_gates()
+
+    def _eval_gates(self) -> torch.Tensor:
+        if self.eval_gates == "sample":  # the released code samples fresh gates even at evaluation
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            z = sample_gates(self.gate_logits, uniform_noise(self.layout.total, seed), self.limits)
+            group = None if self.group_gate_logits is None else sample_gates(
+                self.group_gate_logits, uniform_noise(len(self.layout.sizes), seed + 1), self.limits)
+        else:
+            z = deterministic_gates(self.gate_logits, self.limits)
+            group = None if self.group_gate_logits is None else deterministic_gates(self.group_gate_logits, self.limits)
+        if group is not None:
+            z = z * torch.repeat_interleave(group, torch.tensor(self.layout.sizes))
+        return z
+
+    def expected_l0(self) -> torch.Tensor:
+        return expected_l0(self.gate_logits, self.limits, self.group_gate_logits, self.layout.sizes)
+
+
+class SparseDiff(nn.Module):
+    """Trainable values at fixed positions of the flat vector; every other entry of the diff is zero."""
+
+    def __init__(self, layout: FlatLayout, indices: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.layout = layout
+        check_indices(indices, layout.total, "sparse diff")
+        self.register_buffer("indices", indices.to(torch.int64), persistent=False)
+        self.values = nn.Parameter(values.detach().clone().to(torch.float32))
+
+    def delta(self) -> torch.Tensor:
+        return torch.zeros(self.layout.total, dtype=self.values.dtype, device=self.values.device).index_put(
+            (self.indices,), self.values)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.numel())
+
+
+# ----------------------------------------------------------------------- projection (stage 2)
+def magnitude_threshold(magnitudes: torch.Tensor, keep: int, iterations: int = 200) -> float:
+    """The smallest threshold t (binary search) with #(|delta| > t) <= keep."""
+    if keep >= int((magnitudes > 0).sum()):
+        return 0.0
+    low, high = 0.0, float(magnitudes.max())
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        if middle in (low, high):  # adjacent floats: the interval cannot shrink further
+            break
+        if int((magnitudes > middle).sum()) > keep:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def project_to_density(diff: GatedDiff, density: float) -> tuple[SparseDiff, dict]:
+    """Keep the round(density * N) entries of largest |delta| (global threshold); the kept values
+    restart from the raw w of the L0 stage, as in the released fixed-mask fine-tuning."""
+    check_density(density)
+    was_training = diff.training
+    diff.eval()
+    delta = diff.delta().detach()
+    diff.train(was_training)
+    keep = round(density * diff.layout.total)
+    threshold = magnitude_threshold(delta.abs(), keep)
+    indices = torch.nonzero(delta.abs() > threshold).flatten()
+    sparse = SparseDiff(diff.layout, indices, diff.weight.detach()[indices])
+    stats = {"target_density": density, "target_entries": keep, "kept_entries": int(indices.numel()),
+             "density": indices.numel() / diff.layout.total, "threshold": threshold,
+             "nonzero_before": int((delta != 0).sum()), "parameters": diff.layout.total}
+    return sparse, stats
+
+
+def check_density(density) -> None:
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:
+        raise ConfigError(f"diff_density={density!r} must be the fraction of parameters kept, in (0, 1]")
+
+
+def check_indices(indices: torch.Tensor, total: int, source: str) -> None:
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= total):
+        raise ModuleFormatError(f"{source}: diff index {int(indices.max())} runs past the parameter vector "
+                                f"of {total:,} entries (module from another backbone or corrupted?)")
+    if indices.numel() > 1 and not bool((indices[1:] > indices[:-1]).all()):
+        raise ModuleFormatError(f"{source}: diff indices are not strictly increasing")
+
+
+# ----------------------------------------------------------------------- storage encoding
+GAP_ESCAPE = 2**16 - 1  # a stored 0 advances the position by this much without an entry
+
+
+def encode_indices(indices: torch.Tensor) -> torch.Tensor:
+    """Sorted indices as uint16 gaps from the previous index (the first from -1, so every gap is >= 1).
+
+    A gap larger than 65535 is written as k zeros, each advancing the position by 65535, then the rest;
+    at diff pruning's densities such gaps are rare, so an index costs two bytes.
+    """
+    gaps = torch.diff(indices.to(torch.int64), prepend=torch.full((1,), -1, dtype=torch.int64))
+    escapes = (gaps - 1) // GAP_ESCAPE
+    out = torch.zeros(int(gaps.numel() + escapes.sum()), dtype=torch.int64)
+    out[torch.cumsum(escapes + 1, 0) - 1] = gaps - escapes * GAP_ESCAPE
+    return out.to(torch.uint16)
+
+
+def decode_indices(gaps: torch.Tensor, total: int, source: str) -> torch.Tensor:
+    if gaps.dtype != torch.uint16 or gaps.dim() != 1:
+        raise ModuleFormatError(f"{source}: diff index gaps must be a 1-d uint16 tensor, got {gaps.dtype} {tuple(gaps.shape)}")
+    stored = gaps.to(torch.int64)
+    positions = torch.cumsum(torch.where(stored == 0, GAP_ESCAPE, stored), 0) - 1
+    indices = positions[stored != 0]
+    check_indices(indices, total, source)
+    return indices
+
+
+# ----------------------------------------------------------------------- applying in place
+class TaskDiff:
+    """A stored task: sparse diff over a backbone's parameters plus its dense head.
+
+    ``apply(model)`` writes theta_pre + delta into the model's own tensors (and the head), keeping the
+    overwritten values; ``remove(model)`` writes them back, so the backbone is restored bit-exactly
+    (adding and subtracting would not be). One backbone can switch between tasks this way.
+    """
+
+    def __init__(self, layout: FlatLayout, indices: torch.Tensor, values: torch.Tensor, head: dict[str, torch.Tensor],
+                 name: str = "task"):
+        self.layout, self.indices, self.values, self.head, self.name = layout, indices, values, head, name
+        self._saved: dict | None = None
+
+    @classmethod
+    def from_module(cls, model: nn.Module, directory) -> "TaskDiff":
+        from .storage import check_backbone, read_module
+
+        header, tensors = read_module(directory)
+        if header["config"].get("param_source") != "gated_diff":
+            raise ModuleFormatError(f"{directory} is not a diff-pruned task module "
+                                    f"(param_source={header['config'].get('param_source')!r})")
+        check_backbone(model, header, directory)
+        layout = diff_layout(model)
+        if "methods.diff.index_gaps" not in tensors:
+            raise ModuleFormatError(f"{directory}: a diff module from the L0 stage; project it to a density first")
+        indices = decode_indices(tensors["methods.diff.index_gaps"], layout.total, str(directory))
+        values = tensors["methods.diff.values"]
+        if values.shape != indices.shape:
+            raise ModuleFormatError(f"{directory}: {values.numel()} diff values for {indices.numel()} indices")
+        head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+        return cls(layout, indices, values, head, name=(header.get("task") or {}).get("name", str(directory)))
+
+    def _targets(self, model: nn.Module) -> tuple[dict, dict]:
+        params = dict(model.named_parameters())
+        if [n for n in self.layout.names if n not in params] or diff_layout(model).names != self.layout.names:
+            raise ModuleFormatError(f"task {self.name!r}: this model's parameters do not match the diff's layout")
+        for name, value in self.head.items():
+            if name not in params or params[name].shape != value.shape:
+                raise ModuleFormatError(f"task {self.name!r}: head tensor {name!r} of shape {tuple(value.shape)} does not "
+                                        f"fit this model ({tuple(params[name].shape) if name in params else 'missing'})")
+        return params, {n: params[n] for n in self.head}
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> None:
+        if self._saved is not None:
+            raise RuntimeError(f"task {self.name!r} is already applied; remove() it first")
+        params, head = self._targets(model)
+        saved = {"head": {n: p.detach().clone() for n, p in head.items()}, "diff": []}
+        for name, start, local, values in self._per_tensor():
+            flat = params[name].data.view(-1)
+            saved["diff"].append((name, local, flat[local].clone()))
+            flat[local] += values.to(flat.dtype)
+        for name, value in self.head.items():
+            head[name].copy_(value)
+        self._saved = saved
+
+    @torch.no_grad()
+    def remove(self, model: nn.Module) -> None:
+        if self._saved is None:
+            raise RuntimeError(f"task {self.name!r} is not applied")
+        params = dict(model.named_parameters())
+        for name, local, original in self._saved["diff"]:
+            params[name].data.view(-1)[local] = original
+        for name, value in self._saved["head"].items():
+            params[name].copy_(value)
+        self._saved = None
+
+    @contextmanager
+    def applied(self, model: nn.Module):
+        self.apply(model)
+        try:
+            yield model
+        finally:
+            self.remove(model)
+
+    def _per_tensor(self):
+        start = 0
+        bounds = torch.tensor([0] + self.layout.sizes).cumsum(0)
+        for i, name in enumerate(self.layout.names):
+            lo, hi = torch.searchsorted(self.indices, bounds[i]), torch.searchsorted(self.indices, bounds[i + 1])
+            if hi > lo:
+                yield name, start, self.indices[lo:hi] - bounds[i], self.values[lo:hi]
+
+
+def diff_layout(model: nn.Module) -> FlatLayout:
+    """The diffed tensors of a transformers model: every parameter outside the task head (tied ones once)."""
+    from .model import head_parameter_names
+
+    head = set(head_parameter_names(model))
+    return FlatLayout([(n, tuple(p.shape)) for n, p in model.named_parameters() if n not in head])
