@@ -13,6 +13,7 @@ from tiny_models import FAMILIES, logits, tiny_batch, tiny_model
 from unipetl import PetlConfig, get_petl_model
 from unipetl.diff import (GatedDiff, TaskDiff, decode_indices, diff_layout, encode_indices, magnitude_threshold,
                           project_to_density)
+from unipetl import gates
 from unipetl.errors import ConfigError, ModuleFormatError
 from unipetl.gates import GatedDelta, deterministic_gates, expected_l0, sample_gates, uniform_noise
 from unipetl.storage import load_petl_model
@@ -58,7 +59,9 @@ def test_gate_samples_follow_the_hard_concrete_distribution():
     assert float((z == 1).float().mean()) == pytest.approx(p_one, abs=4e-3)
 
 
-def test_gated_delta_uses_the_seeded_noise_and_its_hand_gradients_equal_autograd():
+@pytest.mark.parametrize("chunk", [2**20, 5])  # one chunk, and chunks that cut through the groups
+def test_gated_delta_uses_the_seeded_noise_and_its_hand_gradients_equal_autograd(chunk, monkeypatch):
+    monkeypatch.setattr(gates, "CHUNK", chunk)
     torch.manual_seed(0)
     sizes = [5, 7, 4]
     w = torch.randn(16, dtype=torch.float64, requires_grad=True)
@@ -68,8 +71,8 @@ def test_gated_delta_uses_the_seeded_noise_and_its_hand_gradients_equal_autograd
     delta = GatedDelta.apply(w, alpha, group, 1234, LIMITS, sizes)
     (delta * upstream).sum().backward()
     # The same computation with plain autograd on the same noise.
-    u = uniform_noise(16, 1234).double()
-    u_group = uniform_noise(3, 1235).double()
+    u = gates.full_entry_noise(16, 1234).double()
+    u_group = gates.group_noise(3, 1234).double()
     w2, alpha2, group2 = (t.detach().clone().requires_grad_() for t in (w, alpha, group))
     reference = w2 * sample_gates(alpha2, u, LIMITS) * torch.repeat_interleave(sample_gates(group2, u_group, LIMITS),
                                                                                torch.tensor(sizes))
@@ -93,6 +96,17 @@ def test_expected_l0_equals_its_closed_form_and_the_mean_number_of_non_zeros():
     zg = sample_gates(group.expand(n, 2), torch.rand(n, 2, dtype=torch.float64) * 0.9998 + 1e-4, LIMITS)
     nonzero = ((z * torch.repeat_interleave(zg, torch.tensor([5, 7]), dim=1)) != 0).sum(1).double().mean()
     assert float(nonzero) == pytest.approx(float(joint), rel=0.02)
+    # Its hand backward equals autograd through the plain formula, also across chunks.
+    for chunk in (2**20, 5):
+        gates.CHUNK, saved = chunk, gates.CHUNK
+        try:
+            a, g = alpha.clone().requires_grad_(), group.clone().requires_grad_()
+            expected_l0(a, LIMITS, g, [5, 7]).backward()
+            a2, g2 = alpha.clone().requires_grad_(), group.clone().requires_grad_()
+            (sig(g2[0]) * sig(a2[:5]).sum() + sig(g2[1]) * sig(a2[5:]).sum()).backward()
+            assert torch.allclose(a.grad, a2.grad) and torch.allclose(g.grad, g2.grad)
+        finally:
+            gates.CHUNK = saved
     # Unequal limits: P(z != 0) = sigmoid(alpha - log(-l / r)).
     assert float(expected_l0(alpha, (-0.1, 1.1))) == pytest.approx(float(sig(alpha - math.log(0.1 / 1.1)).sum()))
 
@@ -320,3 +334,13 @@ def test_diffprune_refuses_resume(tiny_bert, tmp_path, capsys):
     assert code != 0
     assert "--resume is not available for diff pruning" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_stages_run_one_by_one_through_a_saved_l0_module(tmp_path):
+    _, petl, batch = trained_gated()
+    petl.save(tmp_path / "l0")  # the dense L0 state: diff, gate logits, head
+    reloaded = load_petl_model(tiny_model("bert", seed=0), tmp_path / "l0")
+    assert torch.equal(reloaded.diff.gate_logits, petl.diff.gate_logits)
+    stats_a, stats_b = petl.project(0.02), reloaded.project(0.02)
+    assert stats_a == stats_b and torch.equal(petl.diff.indices, reloaded.diff.indices)
+    assert torch.equal(logits(reloaded.eval(), batch), logits(petl, batch))

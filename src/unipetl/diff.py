@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ModuleFormatError
-from .gates import GatedDelta, deterministic_gates, expected_l0, sample_gates, uniform_noise
+from .gates import GatedDelta, deterministic_gates, expected_l0, full_entry_noise, group_noise, sample_gates
 
 
 class FlatLayout:
@@ -49,7 +49,7 @@ class GatedDiff(nn.Module):
 
     def delta(self) -> torch.Tensor:
         if self.training:
-            seed = int(torch.randint(0, 2**62, (1,)).item())  # from the seeded global generator
+            seed = int(torch.randint(1, 2**62, (1,)).item())  # from the seeded global generator
             return GatedDelta.apply(self.weight, self.gate_logits, self.group_gate_logits, seed, self.limits,
                                     self.layout.sizes)
         with torch.no_grad():
@@ -57,10 +57,10 @@ class GatedDiff(nn.Module):
 
     def _eval_gates(self) -> torch.Tensor:
         if self.eval_gates == "sample":  # the released code samples fresh gates even at evaluation
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-            z = sample_gates(self.gate_logits, uniform_noise(self.layout.total, seed), self.limits)
+            seed = int(torch.randint(1, 2**62, (1,)).item())
+            z = sample_gates(self.gate_logits, full_entry_noise(self.layout.total, seed), self.limits)
             group = None if self.group_gate_logits is None else sample_gates(
-                self.group_gate_logits, uniform_noise(len(self.layout.sizes), seed + 1), self.limits)
+                self.group_gate_logits, group_noise(len(self.layout.sizes), seed), self.limits)
         else:
             z = deterministic_gates(self.gate_logits, self.limits)
             group = None if self.group_gate_logits is None else deterministic_gates(self.group_gate_logits, self.limits)

@@ -8,7 +8,8 @@ sigmoid(alpha); the probability that a gate is non-zero is sigmoid(alpha - log(-
 
 `GatedDelta` computes delta = w * z * z_group for a flat vector of parameters without keeping
 anything of parameter size for the backward pass: the noise is regenerated from a seed and the
-gates recomputed, so L0 training holds no sampled-gate tensors between forward and backward.
+gates recomputed chunk by chunk, so L0 training holds no sampled-gate tensors between forward and
+backward and its temporaries stay chunk-sized. `ExpectedL0` does the same for the penalty.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def open_probability(alpha: torch.Tensor, limits: tuple[float, float]) -> torch.
 
 def expected_l0(alpha: torch.Tensor, limits: tuple[float, float], group_alpha: torch.Tensor | None = None,
                 group_sizes: list[int] | None = None) -> torch.Tensor:
+    """Expected number of non-zero diff entries (see `reference_expected_l0`), with a chunked backward."""
+    return ExpectedL0.apply(alpha, group_alpha, limits, group_sizes)
+
+
+def reference_expected_l0(alpha: torch.Tensor, limits: tuple[float, float], group_alpha: torch.Tensor | None = None,
+                          group_sizes: list[int] | None = None) -> torch.Tensor:
     """Expected number of non-zero diff entries.
 
     Unstructured: sum_i P(z_i != 0). Structured (joint gating, the paper's form): an entry is non-zero
@@ -68,47 +75,107 @@ def _gate_and_slope(alpha: torch.Tensor, u: torch.Tensor, limits: tuple[float, f
     return stretched.clamp_(0.0, 1.0), slope
 
 
-class GatedDelta(torch.autograd.Function):
-    """delta = w * z(alpha, u) * z_group(group_alpha, u_group) repeated over each group's entries.
+CHUNK = 2**20  # entries per chunk: temporaries of the gated diff stay this small
 
-    Gradients (by hand, recomputed from the seed): dw = g z z_g; dalpha = g w z_g dz/dalpha;
-    dalpha_g = sum over the group of g w z * dz_g/dalpha_g.
+
+def entry_noise(start: int, end: int, seed: int, device=None) -> torch.Tensor:
+    """The per-entry noise of entries [start, end) (chunk-aligned ``start``); chunk k draws from seed + k."""
+    return uniform_noise(end - start, seed + start // CHUNK, device)
+
+
+def group_noise(n: int, seed: int, device=None) -> torch.Tensor:
+    return uniform_noise(n, seed - 1, device)
+
+
+def full_entry_noise(n: int, seed: int, device=None) -> torch.Tensor:
+    """The noise `GatedDelta` uses for all ``n`` entries (for tests and the sampled evaluation gate)."""
+    return torch.cat([entry_noise(i, min(n, i + CHUNK), seed, device) for i in range(0, n, CHUNK)] or [torch.zeros(0)])
+
+
+def _chunk_groups(start: int, end: int, bounds: torch.Tensor) -> torch.Tensor:
+    """The group (parameter tensor) of each entry in [start, end)."""
+    return torch.searchsorted(bounds, torch.arange(start, end, device=bounds.device), right=True) - 1
+
+
+class GatedDelta(torch.autograd.Function):
+    """delta = w * z(alpha, u) * z_group(group_alpha, u_group) over a flat parameter vector, in chunks.
+
+    Gradients (by hand, from noise regenerated out of the seed): dw = g z z_g; dalpha = g w z_g dz/dalpha;
+    dalpha_g = sum over the group of g w z * dz_g/dalpha_g. Only w, alpha and the seed are kept for the
+    backward pass, and no temporary is larger than a chunk.
     """
 
     @staticmethod
     def forward(ctx, w, alpha, group_alpha, seed: int, limits, group_sizes):
-        ctx.seed, ctx.limits, ctx.group_sizes = seed, limits, group_sizes
+        ctx.seed, ctx.limits = seed, limits
         ctx.save_for_backward(w, alpha, group_alpha)
-        u, u_group = _noise(w, group_alpha, seed)
-        delta = w * sample_gates(alpha, u, limits)
-        if group_alpha is not None:
-            delta *= torch.repeat_interleave(sample_gates(group_alpha, u_group, limits),
-                                             torch.tensor(group_sizes, device=w.device))
+        bounds = torch.tensor([0, *group_sizes], device=w.device).cumsum(0)
+        ctx.bounds = bounds
+        z_group = None if group_alpha is None else sample_gates(group_alpha, group_noise(group_alpha.numel(), seed, w.device), limits)
+        delta = torch.empty_like(w)
+        for start in range(0, w.numel(), CHUNK):
+            end = min(w.numel(), start + CHUNK)
+            part = w[start:end] * sample_gates(alpha[start:end], entry_noise(start, end, seed, w.device), limits)
+            if z_group is not None:
+                part *= z_group[_chunk_groups(start, end, bounds)]
+            delta[start:end] = part
         return delta
 
     @staticmethod
     def backward(ctx, grad):
         w, alpha, group_alpha = ctx.saved_tensors
-        u, u_group = _noise(w, group_alpha, ctx.seed)
-        z, slope = _gate_and_slope(alpha, u, ctx.limits)
-        del u
-        grad_w_times_w = grad * w
+        grad_w, grad_alpha = torch.empty_like(w), torch.empty_like(alpha)
         grad_group = None
         if group_alpha is not None:
-            z_group, slope_group = _gate_and_slope(group_alpha, u_group, ctx.limits)
-            sizes = torch.tensor(ctx.group_sizes, device=w.device)
-            per_entry_group = torch.repeat_interleave(z_group, sizes)
-            summed = torch.stack([part.sum() for part in (grad_w_times_w * z).split(ctx.group_sizes)])
-            grad_group = summed * slope_group
-            z *= per_entry_group
-            slope *= per_entry_group
-            del per_entry_group
-        grad_alpha = grad_w_times_w.mul_(slope)
-        grad_w = grad.mul(z)
+            z_group, slope_group = _gate_and_slope(group_alpha, group_noise(group_alpha.numel(), ctx.seed, w.device),
+                                                   ctx.limits)
+            group_sums = torch.zeros_like(group_alpha)
+        for start in range(0, w.numel(), CHUNK):
+            end = min(w.numel(), start + CHUNK)
+            z, slope = _gate_and_slope(alpha[start:end], entry_noise(start, end, ctx.seed, w.device), ctx.limits)
+            g_w = grad[start:end] * w[start:end]
+            if group_alpha is not None:
+                groups = _chunk_groups(start, end, ctx.bounds)
+                group_sums.index_add_(0, groups, g_w * z)
+                gate = z_group[groups]
+                z *= gate
+                slope *= gate
+            grad_alpha[start:end] = g_w.mul_(slope)
+            grad_w[start:end] = grad[start:end] * z
+        if group_alpha is not None:
+            grad_group = group_sums * slope_group
         return grad_w, grad_alpha, grad_group, None, None, None
 
 
-def _noise(w: torch.Tensor, group_alpha: torch.Tensor | None, seed: int):
-    u = uniform_noise(w.numel(), seed, w.device)
-    u_group = None if group_alpha is None else uniform_noise(group_alpha.numel(), seed + 1, w.device)
-    return u, u_group
+class ExpectedL0(torch.autograd.Function):
+    """`reference_expected_l0` without keeping a parameter-sized sigmoid for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, alpha, group_alpha, limits, group_sizes):
+        ctx.limits, ctx.group_sizes = limits, group_sizes
+        ctx.save_for_backward(alpha, group_alpha)
+        with torch.no_grad():
+            return reference_expected_l0(alpha, limits, group_alpha, group_sizes)
+
+    @staticmethod
+    def backward(ctx, grad):
+        alpha, group_alpha = ctx.saved_tensors
+        shift = math.log(-ctx.limits[0] / ctx.limits[1])
+        grad_alpha = torch.empty_like(alpha)
+        grad_group = None
+        if group_alpha is not None:
+            p_group = torch.sigmoid(group_alpha - shift)
+            bounds = torch.tensor([0, *ctx.group_sizes], device=alpha.device).cumsum(0)
+            per_group = torch.zeros_like(group_alpha)
+        for start in range(0, alpha.numel(), CHUNK):
+            end = min(alpha.numel(), start + CHUNK)
+            p = torch.sigmoid(alpha[start:end] - shift)
+            slope = p * (1 - p)
+            if group_alpha is not None:
+                groups = _chunk_groups(start, end, bounds)
+                per_group.index_add_(0, groups, p)
+                slope *= p_group[groups]
+            grad_alpha[start:end] = slope.mul_(grad)
+        if group_alpha is not None:
+            grad_group = grad * per_group * p_group * (1 - p_group)
+        return grad_alpha, grad_group, None, None
