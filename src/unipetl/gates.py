@@ -14,6 +14,8 @@ backward and its temporaries stay chunk-sized. `ExpectedL0` does the same for th
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 
 import torch
@@ -30,8 +32,8 @@ def uniform_noise(n: int, seed: int, device=None) -> torch.Tensor:
 
 def sample_gates(alpha: torch.Tensor, u: torch.Tensor, limits: tuple[float, float]) -> torch.Tensor:
     low, high = limits
-    s = torch.sigmoid(torch.log(u) - torch.log1p(-u) + alpha)
-    return (s * (high - low) + low).clamp_(0.0, 1.0)
+    s = torch.logit(u.to(alpha.dtype)).add_(alpha).sigmoid_()  # log u - log(1 - u) = logit(u)
+    return s.mul_(high - low).add_(low).clamp_(0.0, 1.0)
 
 
 def deterministic_gates(alpha: torch.Tensor, limits: tuple[float, float]) -> torch.Tensor:
@@ -68,10 +70,10 @@ def reference_expected_l0(alpha: torch.Tensor, limits: tuple[float, float], grou
 def _gate_and_slope(alpha: torch.Tensor, u: torch.Tensor, limits: tuple[float, float]):
     """z and dz/dalpha = 1[0 < s_bar < 1] * (r - l) * s * (1 - s)."""
     low, high = limits
-    s = torch.sigmoid(torch.log(u) - torch.log1p(-u) + alpha)
-    stretched = s * (high - low) + low
-    slope = s * (1 - s) * (high - low)
-    slope = slope.masked_fill_((stretched <= 0) | (stretched >= 1), 0.0)
+    s = torch.logit(u.to(alpha.dtype)).add_(alpha).sigmoid_()
+    slope = (1 - s).mul_(s).mul_(high - low)
+    stretched = s.mul_(high - low).add_(low)
+    slope.masked_fill_((stretched <= 0) | (stretched >= 1), 0.0)
     return stretched.clamp_(0.0, 1.0), slope
 
 
@@ -92,9 +94,13 @@ def full_entry_noise(n: int, seed: int, device=None) -> torch.Tensor:
     return torch.cat([entry_noise(i, min(n, i + CHUNK), seed, device) for i in range(0, n, CHUNK)] or [torch.zeros(0)])
 
 
-def _chunk_groups(start: int, end: int, bounds: torch.Tensor) -> torch.Tensor:
-    """The group (parameter tensor) of each entry in [start, end)."""
-    return torch.searchsorted(bounds, torch.arange(start, end, device=bounds.device), right=True) - 1
+def _segments(start: int, end: int, bounds: list[int]):
+    """(group, local start, local end) for each group (parameter tensor) overlapping entries [start, end)."""
+    first = bisect.bisect_right(bounds, start) - 1
+    for group in range(first, len(bounds) - 1):
+        if bounds[group] >= end:
+            break
+        yield group, max(bounds[group], start) - start, min(bounds[group + 1], end) - start
 
 
 class GatedDelta(torch.autograd.Function):
@@ -109,15 +115,17 @@ class GatedDelta(torch.autograd.Function):
     def forward(ctx, w, alpha, group_alpha, seed: int, limits, group_sizes):
         ctx.seed, ctx.limits = seed, limits
         ctx.save_for_backward(w, alpha, group_alpha)
-        bounds = torch.tensor([0, *group_sizes], device=w.device).cumsum(0)
+        bounds = [0, *itertools.accumulate(group_sizes)]
         ctx.bounds = bounds
-        z_group = None if group_alpha is None else sample_gates(group_alpha, group_noise(group_alpha.numel(), seed, w.device), limits)
+        z_group = None if group_alpha is None else sample_gates(
+            group_alpha.detach(), group_noise(group_alpha.numel(), seed, w.device), limits).tolist()
         delta = torch.empty_like(w)
         for start in range(0, w.numel(), CHUNK):
             end = min(w.numel(), start + CHUNK)
-            part = w[start:end] * sample_gates(alpha[start:end], entry_noise(start, end, seed, w.device), limits)
+            part = sample_gates(alpha[start:end], entry_noise(start, end, seed, w.device), limits).mul_(w[start:end])
             if z_group is not None:
-                part *= z_group[_chunk_groups(start, end, bounds)]
+                for group, lo, hi in _segments(start, end, bounds):
+                    part[lo:hi] *= z_group[group]
             delta[start:end] = part
         return delta
 
@@ -129,21 +137,21 @@ class GatedDelta(torch.autograd.Function):
         if group_alpha is not None:
             z_group, slope_group = _gate_and_slope(group_alpha, group_noise(group_alpha.numel(), ctx.seed, w.device),
                                                    ctx.limits)
-            group_sums = torch.zeros_like(group_alpha)
+            gates = z_group.tolist()
+            group_sums = [0.0] * group_alpha.numel()
         for start in range(0, w.numel(), CHUNK):
             end = min(w.numel(), start + CHUNK)
             z, slope = _gate_and_slope(alpha[start:end], entry_noise(start, end, ctx.seed, w.device), ctx.limits)
             g_w = grad[start:end] * w[start:end]
             if group_alpha is not None:
-                groups = _chunk_groups(start, end, ctx.bounds)
-                group_sums.index_add_(0, groups, g_w * z)
-                gate = z_group[groups]
-                z *= gate
-                slope *= gate
+                for group, lo, hi in _segments(start, end, ctx.bounds):
+                    group_sums[group] += float(torch.dot(g_w[lo:hi], z[lo:hi]))
+                    z[lo:hi] *= gates[group]
+                    slope[lo:hi] *= gates[group]
             grad_alpha[start:end] = g_w.mul_(slope)
-            grad_w[start:end] = grad[start:end] * z
+            grad_w[start:end] = z.mul_(grad[start:end])
         if group_alpha is not None:
-            grad_group = group_sums * slope_group
+            grad_group = torch.tensor(group_sums, dtype=group_alpha.dtype, device=group_alpha.device) * slope_group
         return grad_w, grad_alpha, grad_group, None, None, None
 
 
@@ -165,17 +173,19 @@ class ExpectedL0(torch.autograd.Function):
         grad_group = None
         if group_alpha is not None:
             p_group = torch.sigmoid(group_alpha - shift)
-            bounds = torch.tensor([0, *ctx.group_sizes], device=alpha.device).cumsum(0)
-            per_group = torch.zeros_like(group_alpha)
+            bounds = [0, *itertools.accumulate(ctx.group_sizes)]
+            group_open = p_group.tolist()
+            per_group = [0.0] * group_alpha.numel()
         for start in range(0, alpha.numel(), CHUNK):
             end = min(alpha.numel(), start + CHUNK)
             p = torch.sigmoid(alpha[start:end] - shift)
-            slope = p * (1 - p)
+            slope = (1 - p).mul_(p)
             if group_alpha is not None:
-                groups = _chunk_groups(start, end, bounds)
-                per_group.index_add_(0, groups, p)
-                slope *= p_group[groups]
+                for group, lo, hi in _segments(start, end, bounds):
+                    per_group[group] += float(p[lo:hi].sum())
+                    slope[lo:hi] *= group_open[group]
             grad_alpha[start:end] = slope.mul_(grad)
         if group_alpha is not None:
+            per_group = torch.tensor(per_group, dtype=group_alpha.dtype, device=group_alpha.device)
             grad_group = grad * per_group * p_group * (1 - p_group)
         return grad_alpha, grad_group, None, None
