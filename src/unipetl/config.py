@@ -25,7 +25,7 @@ INIT_OPTIONS = ("bert", "lora")
 ADAPTER_ACTIVATIONS = ("relu", "swish", "gelu", "tanh")
 LORA_INITS = ("lora", "bert")
 LEARNABLE_SCALAR = "learnable_scalar"
-PARAM_SOURCES = ("owned", "masked_prototype", "gated_diff")
+PARAM_SOURCES = ("owned", "masked_prototype", "gated_diff", "scaled_mixture")
 DIFF_STAGES = ("l0", "fixed_mask")
 GATE_EVAL_OPTIONS = ("deterministic", "sample")
 
@@ -95,6 +95,14 @@ class PetlConfig:
     gate_eval: str = "deterministic"
     diff_l0_fraction: float = 0.5
     fixmask_learning_rate: float = 5e-5
+    # Transfer over frozen source adapters (param_source="scaled_mixture", ALGORITHMS.md §5; built by
+    # transfer.get_transfer_model): ScaLearn's four variants or AdapterFusion.
+    mixture: str = "scalearn"
+    omega_init_scale: float = 2.0
+    omega_dropout: float = 0.3
+    fusion_dropout: float = 0.1
+    fusion_regularization: float = 0.01
+    transfer_sources: tuple = ()
     train_head: bool = True
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +110,7 @@ class PetlConfig:
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
         self.gate_limits = tuple(self.gate_limits)
+        self.transfer_sources = tuple(self.transfer_sources)
         self.validate()
 
     # ----------------------------------------------------------------- construction
@@ -136,6 +145,7 @@ class PetlConfig:
         out = dataclasses.asdict(self)
         out["lora_targets"] = list(self.lora_targets)
         out["gate_limits"] = list(self.gate_limits)
+        out["transfer_sources"] = list(self.transfer_sources)
         return out
 
     def replace(self, **changes: Any) -> "PetlConfig":
@@ -223,6 +233,16 @@ class PetlConfig:
                 raise ConfigError(f"mask_learning_rate={self.mask_learning_rate!r} must be positive")
         if self.param_source == "gated_diff":
             self._validate_diff()
+        if self.param_source == "scaled_mixture":
+            from .transfer import TRANSFER_METHODS
+
+            _choice("mixture", self.mixture, TRANSFER_METHODS)
+            if self.ffn_mode != "adapter" or self.ffn_option != "pfeiffer" or self.attn_mode != "none":
+                raise ConfigError("param_source='scaled_mixture' combines Pfeiffer adapters: it needs ffn_mode='adapter', "
+                                  "ffn_option='pfeiffer', attn_mode='none'")
+            for name in ("omega_dropout", "fusion_dropout"):
+                if not isinstance(getattr(self, name), (int, float)) or not 0.0 <= getattr(self, name) < 1.0:
+                    raise ConfigError(f"{name}={getattr(self, name)!r} must be a probability in [0, 1)")
         if self.full_finetune and (self.attn_mode != "none" or self.ffn_mode != "none"):
             raise ConfigError("full_finetune=True trains every weight; it cannot be combined with attn_mode/ffn_mode")
 

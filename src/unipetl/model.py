@@ -57,7 +57,7 @@ class PetlModel(nn.Module):
     """A backbone with a PETL method attached. `forward` takes and returns what the backbone's does."""
 
     def __init__(self, model: nn.Module, config: PetlConfig, *, flat_prefix: bool = False, frozen_masks: bool = False,
-                 tasks: list[str] | None = None):
+                 tasks: list[str] | None = None, sources: list | None = None):
         super().__init__()
         if not isinstance(config, PetlConfig):
             raise ConfigError(f"config must be a PetlConfig, got {type(config).__name__}")
@@ -84,6 +84,7 @@ class PetlModel(nn.Module):
         self.task_name: str | None = None  # the task whose masks stored_tensors() writes (multi-task views)
         self.group_rules: list = []  # see parameter_groups
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}  # for unload
+        self._sources = sources  # frozen source adapters of a transfer method (transfer.py)
         self._attach()
         self._set_trainable()
 
@@ -134,6 +135,14 @@ class PetlModel(nn.Module):
         cfg, d = self.config, self.sites.hidden_size
         if cfg.param_source == "gated_diff":
             self._attach_diff()
+            return
+        if cfg.param_source == "scaled_mixture":
+            from .transfer import attach_transfer
+
+            if not self._sources:
+                raise ConfigError("param_source='scaled_mixture' needs its source adapters: build it with "
+                                  "unipetl.transfer.get_transfer_model(model, sources, method)")
+            attach_transfer(self, self._sources)
             return
         if self.masked:
             # Mask scores: their own learning rate and weight decay (ProPETL §2.5).
@@ -387,9 +396,14 @@ class PetlModel(nn.Module):
         return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
 
     def extra_loss(self) -> torch.Tensor | None:
-        """Loss terms a method adds to the task loss: diff pruning's expected-L0 penalty in its L0 stage."""
+        """Loss terms a method adds to the task loss: diff pruning's expected-L0 penalty in its L0 stage,
+        AdapterFusion's value regulariser."""
         if isinstance(self.diff, GatedDiff) and self.training and self.config.l0_penalty > 0:
             return self.config.l0_penalty * self.diff.expected_l0()
+        if self.config.param_source == "scaled_mixture" and self.training:
+            from .transfer import transfer_regularizer
+
+            return transfer_regularizer(self)
         return None
 
     # ================================================================= accounting

@@ -1,0 +1,163 @@
+"""ScaLearn and AdapterFusion over frozen Pfeiffer source adapters: parameter counts, frozen sources and
+backbone, equivalence to a single source, batched evaluation against a per-source loop, and bad input."""
+
+import pytest
+import torch
+
+from tiny_models import HIDDEN, LAYERS, tiny_batch, tiny_model
+from unipetl import PetlConfig, get_petl_model
+from unipetl.errors import ConfigError, ModuleFormatError
+from unipetl.transfer import AdapterFusion, ScaledMixture, get_transfer_model, load_source
+
+N_SOURCES = 3
+
+
+def make_source(directory, seed, **overrides):
+    torch.manual_seed(100 + seed)
+    petl = get_petl_model(tiny_model("bert", seed=0), PetlConfig.from_preset("pfeiffer", **overrides))
+    with torch.no_grad():  # a trained-looking adapter: non-zero everywhere
+        for param in petl.methods.parameters():
+            param.normal_(0, 0.2)
+    petl.save(directory)
+    return petl
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    for i in range(N_SOURCES):
+        make_source(root / f"task{i}", i)
+    return [root / f"task{i}" for i in range(N_SOURCES)]
+
+
+def hidden_states(model, batch):
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        return model(**inputs, output_hidden_states=True).hidden_states[-1]
+
+
+@pytest.mark.parametrize("method, formula", [
+    ("scalearn", lambda L, N, d: L * N * d),
+    ("scalearn_uniform", lambda L, N, d: L * N),
+    ("scalearn_pp", lambda L, N, d: N * d),
+    ("scalearn_uniform_pp", lambda L, N, d: N),
+    ("adapterfusion", lambda L, N, d: 3 * L * d * d + 2 * L * d),  # Q, K with bias, V without, per layer
+])
+def test_trainable_parameters_follow_the_closed_forms(sources, method, formula):
+    petl = get_transfer_model(tiny_model("bert", seed=0), sources, method)
+    assert petl.report()["trainable_params"] == formula(LAYERS, N_SOURCES, HIDDEN)
+    trainable = {n for n, p in petl.named_parameters() if p.requires_grad}
+    assert trainable - {n for n in trainable if n.startswith("methods.")} == {"model.classifier.weight",
+                                                                              "model.classifier.bias"}
+
+
+@pytest.mark.parametrize("method", ["scalearn", "adapterfusion"])
+def test_sources_and_backbone_stay_bit_identical_through_training(sources, method):
+    model = tiny_model("bert", seed=0)
+    backbone_before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("classifier")}
+    petl = get_transfer_model(model, sources, method)
+    source_buffers = {n: b.detach().clone() for n, b in petl.named_buffers() if ".sources." in n}
+    assert source_buffers
+    optimizer = torch.optim.AdamW(petl.parameter_groups(1e-2, 0.01))
+    batch = tiny_batch("bert")
+    petl.train()
+    for _ in range(3):
+        loss = petl(**batch).loss
+        extra = petl.extra_loss()
+        loss = loss + extra if extra is not None else loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, value in petl.named_buffers():
+        if name in source_buffers:
+            assert torch.equal(value, source_buffers[name]), name
+    for name, param in model.named_parameters():
+        if name in backbone_before:
+            assert torch.equal(param, backbone_before[name]), name
+    with open(sources[0] / "weights.safetensors", "rb") as handle:  # the source files themselves are untouched
+        assert handle.read()
+
+
+def test_one_hot_omega_equals_the_backbone_with_that_source_alone(sources):
+    batch = tiny_batch("bert")
+    for k in range(N_SOURCES):
+        alone = make_source(sources[0].parent / f"copy{k}", k)  # the same weights as source k
+        alone.eval()
+        expected = hidden_states(alone, batch)
+        for method in ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp"):
+            petl = get_transfer_model(tiny_model("bert", seed=0), sources, method, omega_dropout=0.0)
+            with torch.no_grad():
+                for scales in {id(m.scales): m.scales for m in petl.methods.values() if isinstance(m, ScaledMixture)}.values():
+                    scales.omega.zero_()
+                    scales.omega[k] = 1.0
+            petl.eval()
+            assert torch.allclose(hidden_states(petl, batch), expected, atol=1e-5), (method, k)
+
+
+def test_omega_starts_near_two_over_n_and_dropout_acts_on_omega(sources):
+    petl = get_transfer_model(tiny_model("bert", seed=0), sources, "scalearn")
+    omegas = torch.cat([m.scales.omega.detach().flatten() for m in petl.methods.values() if isinstance(m, ScaledMixture)])
+    assert abs(float(omegas.mean()) - 2 / N_SOURCES) < 1e-3 and float(omegas.std()) < 0.002
+    assert PetlConfig.from_dict(petl.config.to_dict()).omega_dropout == 0.3
+    assert get_transfer_model(tiny_model("bert", seed=0), sources, "scalearn_uniform_pp").config.omega_dropout == 0.0
+
+
+def test_batched_mixture_equals_the_sum_of_separate_adapter_calls(sources):
+    """The concatenated two-matmul form against N separate adapters computed one by one."""
+    petl = get_transfer_model(tiny_model("bert", seed=0), sources, "scalearn", omega_dropout=0.0)
+    mixture = next(m for m in petl.methods.values() if isinstance(m, ScaledMixture))
+    loaded = [load_source(tiny_model("bert", seed=0), s) for s in sources]
+    x = torch.randn(2, 5, HIDDEN)
+    expected = 0
+    for n, source in enumerate(loaded):
+        p = source.layers[0]
+        h = torch.relu(x @ p["down_weight"].T + p["down_bias"])
+        expected = expected + mixture.scales.omega[n] * (h @ p["up_weight"].T + p["up_bias"])
+    assert torch.allclose(mixture(x), expected, atol=1e-6)
+
+
+def test_fusion_value_starts_at_identity_and_its_regulariser_is_in_the_loss(sources):
+    petl = get_transfer_model(tiny_model("bert", seed=0), sources, "adapterfusion")
+    fusions = [m for m in petl.methods.values() if isinstance(m, AdapterFusion)]
+    assert len(fusions) == LAYERS
+    value = fusions[0].value.weight
+    assert torch.allclose(torch.diagonal(value), torch.ones(HIDDEN)) and float(value.detach().sum()) == pytest.approx(
+        HIDDEN + 1e-6 * (HIDDEN * HIDDEN - HIDDEN), rel=1e-6)
+    with torch.no_grad():
+        fusions[0].value.weight.add_(0.1)
+    petl.train()
+    expected = 0.01 * sum(((torch.eye(HIDDEN) - f.value.weight) ** 2).sum() for f in fusions)
+    assert float(petl.extra_loss()) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_an_empty_source_list_is_refused():
+    with pytest.raises(ConfigError, match="empty source list"):
+        get_transfer_model(tiny_model("bert", seed=0), [], "scalearn")
+
+
+def test_sources_from_another_backbone_are_refused(sources):
+    with pytest.raises(ModuleFormatError, match="another backbone"):
+        get_transfer_model(tiny_model("bert", seed=7), sources, "scalearn")
+
+
+def test_sources_that_are_not_pfeiffer_adapters_are_refused(sources, tmp_path):
+    get_petl_model(tiny_model("bert", seed=0), "lora").save(tmp_path / "lora")
+    with pytest.raises(ModuleFormatError, match="plain Pfeiffer adapter"):
+        get_transfer_model(tiny_model("bert", seed=0), [*sources, tmp_path / "lora"], "scalearn")
+
+
+def test_sources_with_mixed_activations_are_refused_but_mixed_sizes_combine(sources, tmp_path):
+    make_source(tmp_path / "swish", 9, adapter_act="swish")
+    with pytest.raises(ConfigError, match="different adapter activations"):
+        get_transfer_model(tiny_model("bert", seed=0), [*sources, tmp_path / "swish"], "scalearn")
+    make_source(tmp_path / "wide", 9, reduction_factor=4)  # bottleneck 8 next to 2: one concatenated adapter
+    petl = get_transfer_model(tiny_model("bert", seed=0), [*sources, tmp_path / "wide"], "scalearn")
+    assert petl.report()["trainable_params"] == LAYERS * (N_SOURCES + 1) * HIDDEN
+
+
+def test_unknown_method_and_unsupported_family_are_refused(sources):
+    with pytest.raises(ConfigError, match="unknown transfer method"):
+        get_transfer_model(tiny_model("bert", seed=0), sources, "scalearn_plus")
+    with pytest.raises(ConfigError, match="needs its source adapters"):
+        get_petl_model(tiny_model("bert", seed=0), PetlConfig(ffn_mode="adapter", ffn_option="pfeiffer", ffn_bn=2,
+                                                              param_source="scaled_mixture"))
