@@ -13,8 +13,9 @@ N_SOURCES = 3
 
 
 def make_source(directory, seed, **overrides):
+    backbone = tiny_model("bert", seed=0)  # (seeds the global generator itself)
     torch.manual_seed(100 + seed)
-    petl = get_petl_model(tiny_model("bert", seed=0), PetlConfig.from_preset("pfeiffer", **overrides))
+    petl = get_petl_model(backbone, PetlConfig.from_preset("pfeiffer", **overrides))
     with torch.no_grad():  # a trained-looking adapter: non-zero everywhere
         for param in petl.methods.parameters():
             param.normal_(0, 0.2)
@@ -80,6 +81,8 @@ def test_sources_and_backbone_stay_bit_identical_through_training(sources, metho
 
 def test_one_hot_omega_equals_the_backbone_with_that_source_alone(sources):
     batch = tiny_batch("bert")
+    outputs = [hidden_states(make_source(sources[0].parent / f"probe{k}", k).eval(), batch) for k in range(N_SOURCES)]
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)  # the sources differ, so the check below can fail
     for k in range(N_SOURCES):
         alone = make_source(sources[0].parent / f"copy{k}", k)  # the same weights as source k
         alone.eval()
