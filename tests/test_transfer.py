@@ -164,3 +164,32 @@ def test_unknown_method_and_unsupported_family_are_refused(sources):
     with pytest.raises(ConfigError, match="needs its source adapters"):
         get_petl_model(tiny_model("bert", seed=0), PetlConfig(ffn_mode="adapter", ffn_option="pfeiffer", ffn_bn=2,
                                                               param_source="scaled_mixture"))
+
+
+@pytest.mark.parametrize("method", ["scalearn_pp", "adapterfusion"])
+def test_a_saved_transfer_module_holds_only_scales_and_head_and_reloads_over_its_sources(sources, method, tmp_path):
+    from unipetl.storage import load_petl_model
+    from unipetl.transfer import load_transfer_model
+
+    petl = get_transfer_model(tiny_model("bert", seed=0), sources, method)
+    with torch.no_grad():
+        for param in petl.methods.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    petl.eval()
+    batch = tiny_batch("bert")
+    expected = hidden_states(petl, batch)
+    petl.save(tmp_path / "transfer")
+    stored = petl.stored_tensors()
+    head = {"head.classifier.weight", "head.classifier.bias"}
+    assert sum(v.numel() for k, v in stored.items() if k not in head) == petl.report()["trainable_params"]
+    assert [s["name"] for s in petl.config.transfer_sources] == ["task0", "task1", "task2"]
+    reloaded = load_petl_model(tiny_model("bert", seed=0), tmp_path / "transfer")  # sources from the header
+    assert torch.equal(hidden_states(reloaded.eval(), batch), expected)
+    # Sources passed in another order are refused (content hashes), as is a missing one.
+    with pytest.raises(ModuleFormatError, match="not the adapter this module was trained over"):
+        load_transfer_model(tiny_model("bert", seed=0), tmp_path / "transfer", sources=[sources[1], sources[0], sources[2]])
+    with pytest.raises(ModuleFormatError, match="was trained over 3 sources"):
+        load_transfer_model(tiny_model("bert", seed=0), tmp_path / "transfer", sources=sources[:2])
+    with pytest.raises(ModuleFormatError, match="is missing"):
+        load_transfer_model(tiny_model("bert", seed=0), tmp_path / "transfer",
+                            sources=[sources[0], sources[1], tmp_path / "nowhere"])

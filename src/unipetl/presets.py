@@ -131,6 +131,8 @@ LEARNING_RATES: dict[str, float] = {
     "prompt_tuning": 3e-2, "bitfit": 1e-3, "mam": 1e-3, "mam_glue": 1e-3, "full": 5e-5,
     "proadapter": 1e-3, "prolora": 1e-3, "proprefix": 1e-3,
     "diffprune": 1e-5,  # the L0 stage's diff w (gates: gate_learning_rate; fixed-mask stage: fixmask_learning_rate)
+    # Transfer methods (unipetl transfer; ALGORITHMS.md §5.2-5.3)
+    "scalearn": 6e-3, "scalearn_uniform": 6e-3, "scalearn_pp": 6e-3, "scalearn_uniform_pp": 6e-3, "adapterfusion": 5e-5,
 }
 
 

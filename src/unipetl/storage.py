@@ -200,8 +200,11 @@ def check_backbone(model, header: dict, directory) -> None:
             f"{str(expected.get('fingerprint'))[:12]}...); load it onto the backbone it was trained on")
 
 
-def load_petl_model(model, directory):
-    """Rebuild a saved task module on ``model`` (a fresh backbone of the same checkpoint)."""
+def load_petl_model(model, directory, sources: list | None = None):
+    """Rebuild a saved task module on ``model`` (a fresh backbone of the same checkpoint).
+
+    A transfer module (ScaLearn, AdapterFusion) also needs its source adapters: ``sources`` (their
+    directories, in the recorded order) or, by default, the paths recorded in its header."""
     from .model import PetlModel
     from .sites import family_for
 
@@ -212,8 +215,13 @@ def load_petl_model(model, directory):
         config = PetlConfig.from_dict(header["config"])
     except (ConfigError, TypeError) as err:
         raise ModuleFormatError(f"{Path(directory) / HEADER_FILE}: invalid config: {err}") from None
+    loaded_sources = None
+    if config.param_source == "scaled_mixture":
+        from .transfer import sources_for_module
+
+        loaded_sources = sources_for_module(model, config, directory, sources)
     petl = PetlModel(model, config, flat_prefix=header.get("prefix_form") == "flat",
-                     frozen_masks=header.get("masks") == "bits")
+                     frozen_masks=header.get("masks") == "bits", sources=loaded_sources)
     try:
         petl.load_stored_tensors(tensors, source=str(directory))
     except Exception:

@@ -223,8 +223,10 @@ def get_transfer_model(model: nn.Module, sources: list, method: str = "scalearn"
     if method not in TRANSFER_METHODS:
         raise ConfigError(f"unknown transfer method {method!r}; known: {', '.join(TRANSFER_METHODS)}")
     loaded = [s if isinstance(s, SourceAdapter) else load_source(model, s) for s in sources]
+    paths = [None if isinstance(s, SourceAdapter) else str(Path(s).resolve()) for s in sources]
     values = dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture", mixture=method,
-                  preset=method, transfer_sources=tuple({"name": s.name, "sha256": s.sha256} for s in loaded))
+                  preset=method, transfer_sources=tuple({"name": s.name, "sha256": s.sha256, "path": path}
+                                                        for s, path in zip(loaded, paths)))
     if method in SCALEARN_VARIANTS:
         values["omega_dropout"] = SCALEARN_VARIANTS[method][2]
     values.update(overrides)
@@ -232,3 +234,32 @@ def get_transfer_model(model: nn.Module, sources: list, method: str = "scalearn"
         check_sources(loaded, 0, 0)
     values["ffn_bn"] = loaded[0].rank
     return PetlModel(model, PetlConfig(**values), sources=loaded)
+
+
+def sources_for_module(model: nn.Module, config, directory, sources: list | None = None) -> list[SourceAdapter]:
+    """The source adapters a saved transfer module was trained over: ``sources`` (directories, in the
+    recorded order) or the paths recorded in its header. Each must have the recorded content hash."""
+    recorded = list(config.transfer_sources)
+    if sources is not None and len(sources) != len(recorded):
+        raise ModuleFormatError(f"{directory} was trained over {len(recorded)} sources "
+                                f"({', '.join(r['name'] for r in recorded)}); got {len(sources)}")
+    loaded = []
+    for i, record in enumerate(recorded):
+        path = sources[i] if sources is not None else record.get("path")
+        if path is None or not Path(path).is_dir():
+            raise ModuleFormatError(f"{directory}: source {record['name']!r} is missing (expected at {path}); "
+                                    "pass the source directories explicitly")
+        source = load_source(model, path, name=record["name"])
+        if source.sha256 != record["sha256"]:
+            raise ModuleFormatError(f"{directory}: source {record['name']!r} at {path} is not the adapter this module "
+                                    f"was trained over (content hash {source.sha256[:12]}..., recorded "
+                                    f"{record['sha256'][:12]}...)")
+        loaded.append(source)
+    return loaded
+
+
+def load_transfer_model(model: nn.Module, directory, sources: list | None = None):
+    """Rebuild a saved transfer module on ``model`` over its source adapters (see `sources_for_module`)."""
+    from .storage import load_petl_model
+
+    return load_petl_model(model, directory, sources=sources)
