@@ -193,3 +193,40 @@ def test_a_saved_transfer_module_holds_only_scales_and_head_and_reloads_over_its
     with pytest.raises(ModuleFormatError, match="is missing"):
         load_transfer_model(tiny_model("bert", seed=0), tmp_path / "transfer",
                             sources=[sources[0], sources[1], tmp_path / "nowhere"])
+
+
+# ----------------------------------------------------------------------- the command line
+import json  # noqa: E402
+
+from test_training import GLUE, needs_glue, run_cli, tiny_bert  # noqa: E402,F401  (fixture)
+
+
+@needs_glue
+def test_transfer_command_trains_stage_two_and_its_module_evaluates_the_same(tiny_bert, tmp_path, capsys):
+    common = ["--model", tiny_bert, "--data-dir", GLUE, "--max-steps", 3, "--max-train-samples", 32,
+              "--max-length", 32, "--no-progress"]
+    for task in ("cb", "cola"):
+        assert run_cli("train", "--task", task, "--method", "pfeiffer", "--output-dir", tmp_path / task, *common) == 0
+    backbone_file = {p: p.read_bytes() for p in (tmp_path / "cb" / "module").iterdir()}
+    for method in ("scalearn", "adapterfusion"):
+        out = tmp_path / f"transfer-{method}"
+        assert run_cli("transfer", "--task", "cb", "--method", method, "--sources", tmp_path / "cb" / "module",
+                       tmp_path / "cola" / "module", "--output-dir", out, *common) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["method"] == method and results["learning_rate"] == (6e-3 if method == "scalearn" else 5e-5)
+        assert [s["name"] for s in results["config"]["transfer_sources"]] == ["cb", "cola"]
+        capsys.readouterr()
+        assert run_cli("evaluate", "--module", out / "module", "--data-dir", GLUE) == 0
+        evaluated = json.loads(capsys.readouterr().out)
+        assert evaluated["accuracy"] == pytest.approx(results["metrics"]["accuracy"], abs=1e-12)
+    assert {p: p.read_bytes() for p in (tmp_path / "cb" / "module").iterdir()} == backbone_file  # sources untouched
+
+
+@needs_glue
+def test_transfer_command_refuses_bad_sources_with_no_output(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run_cli("transfer", "--task", "cb", "--sources", tmp_path / "nowhere", "--model", tiny_bert,
+                   "--data-dir", GLUE, "--output-dir", out)
+    assert code == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not out.exists()

@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="multi-task sampling: a batch's task is drawn with p ∝ size^(1/T) (1 = proportional)")
     _add_training_options(train)
 
+    from .transfer import TRANSFER_METHODS
+
+    transfer = sub.add_parser("transfer", help="stage 2 of ScaLearn/AdapterFusion: combine frozen source adapters for a target task")
+    transfer.add_argument("--task", required=True, help="the target task")
+    transfer.add_argument("--sources", nargs="+", required=True, metavar="DIR",
+                          help="task modules of `pfeiffer` adapters trained on the same backbone (the target's own may be one)")
+    transfer.add_argument("--method", default="scalearn", choices=TRANSFER_METHODS)
+    _add_training_options(transfer)
+
     evaluate = sub.add_parser("evaluate", help="metrics of a saved task module, as JSON")
     evaluate.add_argument("--module", required=True)
     evaluate.add_argument("--task")
@@ -122,7 +131,7 @@ def cmd_train(args) -> int:
         max_train_samples=args.max_train_samples, early_stopping_patience=args.early_stopping_patience,
         precision=args.precision, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
         progress=not args.no_progress)
-    if "," in args.task or args.multitask:
+    if "," in args.task or getattr(args, "multitask", False):
         return _train_multitask(args, options)
     custom = None
     if args.train_file:
@@ -135,7 +144,7 @@ def cmd_train(args) -> int:
     output = args.output_dir or f"runs/{name}-{args.method}-seed{args.seed}"
     results = train_task(args.task, args.method, args.model, args.data_dir, output, options, _parse_set(args.set),
                          resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr),
-                         custom=custom)
+                         custom=custom, sources=getattr(args, "sources", None))
     if not results.get("main_process", True):  # several processes: the first one reports
         return 0
     metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in results["metrics"].items() if k != "main_score")
@@ -213,7 +222,7 @@ def cmd_tasks(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "methods": cmd_methods, "tasks": cmd_tasks}
+COMMANDS = {"train": cmd_train, "transfer": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "methods": cmd_methods, "tasks": cmd_tasks}
 
 
 def main(argv: list[str] | None = None) -> int:

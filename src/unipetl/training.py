@@ -277,7 +277,8 @@ def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> bool:
 def train_task(task: str, method: str = "lora", model: str | None = None, data_dir: str | None = None,
                output_dir: str = "runs/unipetl", options: TrainOptions | None = None,
                overrides: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
-               log=print, callbacks: list | None = None, custom: dict | None = None) -> dict:
+               log=print, callbacks: list | None = None, custom: dict | None = None,
+               sources: list | None = None) -> dict:
     """Train ``method`` on ``task``, evaluate on the test split, save the task module and results.json.
 
     ``custom`` trains on the user's own files instead: keys of `tasks.custom_splits` (train_file,
@@ -286,9 +287,17 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     directory is created; a run that fails afterwards removes the directory it created. An
     interrupted run keeps its checkpoints: run again with ``resume=True``.
     """
+    from .transfer import TRANSFER_METHODS, get_transfer_model
+
     options = options or TrainOptions()
     options.validate()
-    config = PetlConfig.from_preset(method, **(overrides or {}))
+    if method in TRANSFER_METHODS:  # stage 2 over frozen source adapters; the config is built with them
+        if not sources:
+            raise ConfigError(f"{method} combines source adapters: give their task-module directories (--sources)")
+        config = PetlConfig(ffn_mode="adapter", ffn_option="pfeiffer", ffn_bn=1, param_source="scaled_mixture",
+                            mixture=method, preset=method, **(overrides or {}))
+    else:
+        config = PetlConfig.from_preset(method, **(overrides or {}))
     out = Path(output_dir)
     check_output_dir(out, resume, overwrite)
     if custom:
@@ -305,7 +314,11 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
         raise ConfigError("--resume is not available for diff pruning (its stages run in one go); start the run again")
     set_seed(options.seed)  # head and method initialisation (adapters, LoRA, mask scores) are part of the seeded run
     backbone = load_backbone(model, spec)
-    petl = get_petl_model(backbone.model, config)
+    if config.param_source == "scaled_mixture":
+        petl = get_transfer_model(backbone.model, sources, method, **(overrides or {}))
+        config = petl.config
+    else:
+        petl = get_petl_model(backbone.model, config)
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
 
     created = prepare_output_dir(out, resume, overwrite)
