@@ -72,7 +72,9 @@ class Bottleneck(nn.Module):
         if self.ln_in is not None:
             x = self.ln_in(x)
         h = self.dropout(self.act(F.linear(x, get("down_weight"), get("down_bias"))))
-        h = F.linear(h, get("up_weight"), get("up_bias")) * self.scalar
+        # The scale goes into the (d x r) up-projection, not onto the (batch x length x d) output.
+        up_bias = get("up_bias")
+        h = F.linear(h, get("up_weight") * self.scalar, None if up_bias is None else up_bias * self.scalar)
         if self.ln_out is not None:
             h = self.ln_out(h)
         return h
