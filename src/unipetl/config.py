@@ -93,6 +93,7 @@ class PetlConfig:
     gate_structured: bool = True
     gate_learning_rate: float = 0.1
     gate_eval: str = "deterministic"
+    projection_gates: str = "sample"
     diff_l0_fraction: float = 0.5
     fixmask_learning_rate: float = 5e-5
     # Transfer over frozen source adapters (param_source="scaled_mixture", ALGORITHMS.md §5; built by
@@ -255,6 +256,7 @@ class PetlConfig:
                               f"{self.full_finetune})")
         _choice("diff_stage", self.diff_stage, DIFF_STAGES)
         _choice("gate_eval", self.gate_eval, GATE_EVAL_OPTIONS)
+        _choice("projection_gates", self.projection_gates, GATE_EVAL_OPTIONS)
         check_density(self.diff_density)
         limits = self.gate_limits
         if len(limits) != 2 or not all(isinstance(v, (int, float)) for v in limits) or not limits[0] < 0 < 1 < limits[1]:

@@ -53,10 +53,12 @@ class GatedDiff(nn.Module):
             return GatedDelta.apply(self.weight, self.gate_logits, self.group_gate_logits, seed, self.limits,
                                     self.layout.sizes)
         with torch.no_grad():
-            return self.weight * self._eval_gates()
+            return self.weight * self.gate_values(self.eval_gates)
 
-    def _eval_gates(self) -> torch.Tensor:
-        if self.eval_gates == "sample":  # the released code samples fresh gates even at evaluation
+    @torch.no_grad()
+    def gate_values(self, mode: str) -> torch.Tensor:
+        """z * z_group for every entry: 'deterministic' (Louizos' test-time estimator) or one fresh 'sample'."""
+        if mode == "sample":  # the released code samples fresh gates even at evaluation
             seed = int(torch.randint(1, 2**62, (1,)).item())
             z = sample_gates(self.gate_logits, full_entry_noise(self.layout.total, seed), self.limits)
             group = None if self.group_gate_logits is None else sample_gates(
@@ -108,14 +110,16 @@ def magnitude_threshold(magnitudes: torch.Tensor, keep: int, iterations: int = 2
     return high
 
 
-def project_to_density(diff: GatedDiff, density: float) -> tuple[SparseDiff, dict]:
+def project_to_density(diff: GatedDiff, density: float, gates: str = "sample") -> tuple[SparseDiff, dict]:
     """Keep the round(density * N) entries of largest |delta| (global threshold); the kept values
-    restart from the raw w of the L0 stage, as in the released fixed-mask fine-tuning."""
+    restart from the raw w of the L0 stage, as in the released fixed-mask fine-tuning.
+
+    ``gates='sample'`` takes delta with one sampled gate draw, as the released pipeline does (its
+    checkpoint holds theta_pre + z_sample * w); 'deterministic' uses the test-time gate, which is
+    exactly zero wherever alpha <= 0 and after a short L0 stage can leave fewer non-zeros than the target.
+    """
     check_density(density)
-    was_training = diff.training
-    diff.eval()
-    delta = diff.delta().detach()
-    diff.train(was_training)
+    delta = diff.weight.detach() * diff.gate_values(gates)
     keep = round(density * diff.layout.total)
     threshold = magnitude_threshold(delta.abs(), keep)
     indices = torch.nonzero(delta.abs() > threshold).flatten()

@@ -306,7 +306,7 @@ class PetlModel(nn.Module):
         if not isinstance(self.diff, GatedDiff):
             raise ConfigError("project() needs a diff in the L0 stage (param_source='gated_diff', diff_stage='l0')")
         density = self.config.diff_density if density is None else density
-        sparse, stats = project_to_density(self.diff, density)
+        sparse, stats = project_to_density(self.diff, density, self.config.projection_gates)
         self.methods["diff"] = sparse.to(self.diff.weight.device)
         self.config = self.config.replace(diff_stage="fixed_mask", diff_density=density)
         self.group_rules = [rule for rule in self.group_rules if not rule[0]("gate_logits", None)]
