@@ -205,8 +205,12 @@ from test_training import GLUE, needs_glue, run_cli, tiny_bert  # noqa: E402,F40
 def test_transfer_command_trains_stage_two_and_its_module_evaluates_the_same(tiny_bert, tmp_path, capsys):
     common = ["--model", tiny_bert, "--data-dir", GLUE, "--max-steps", 3, "--max-train-samples", 32,
               "--max-length", 32, "--no-progress"]
+    # stage 1 in one command: one single-task module per task
+    assert run_cli("train", "--task", "cb,cola", "--each", "--method", "pfeiffer", "--output-dir", tmp_path, *common) == 0
+    assert "cola" in capsys.readouterr().out
     for task in ("cb", "cola"):
-        assert run_cli("train", "--task", task, "--method", "pfeiffer", "--output-dir", tmp_path / task, *common) == 0
+        stage1 = json.loads((tmp_path / task / "results.json").read_text())
+        assert stage1["task"] == task and stage1["method"] == "pfeiffer"
     backbone_file = {p: p.read_bytes() for p in (tmp_path / "cb" / "module").iterdir()}
     for method in ("scalearn", "adapterfusion"):
         out = tmp_path / f"transfer-{method}"
@@ -229,4 +233,17 @@ def test_transfer_command_refuses_bad_sources_with_no_output(tiny_bert, tmp_path
                    "--data-dir", GLUE, "--output-dir", out)
     assert code == 2
     assert "nowhere" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@needs_glue
+@pytest.mark.parametrize("tasks, extra, message", [
+    ("cb,nope", [], "unknown task 'nope'"),
+    ("cb,cb", [], "names a task twice"),
+    ("cb,cola", ["--multitask"], "cannot be combined"),
+])
+def test_training_each_task_refuses_bad_lists_before_writing_anything(tiny_bert, tmp_path, capsys, tasks, extra, message):
+    out = tmp_path / "out"
+    code = run_cli("train", "--task", tasks, "--each", *extra, "--model", tiny_bert, "--data-dir", GLUE, "--output-dir", out)
+    assert code == 2 and message in capsys.readouterr().err
     assert not out.exists()

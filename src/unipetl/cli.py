@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", default=DEFAULT_METHOD, help=f"preset (default {DEFAULT_METHOD}; see `unipetl methods`)")
     train.add_argument("--multitask", action="store_true",
                        help="train the comma-separated --task list jointly: one shared method, a head per task")
+    train.add_argument("--each", action="store_true",
+                       help="train the comma-separated --task list one task at a time, into OUTPUT/<task>/ "
+                            "(e.g. the stage-1 source adapters for `unipetl transfer`)")
     train.add_argument("--temperature", type=float, default=1.0,
                        help="multi-task sampling: a batch's task is drawn with p ∝ size^(1/T) (1 = proportional)")
     _add_training_options(train)
@@ -131,6 +134,8 @@ def cmd_train(args) -> int:
         max_train_samples=args.max_train_samples, early_stopping_patience=args.early_stopping_patience,
         precision=args.precision, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
         progress=not args.no_progress)
+    if getattr(args, "each", False):
+        return _train_each(args, options)
     if "," in args.task or getattr(args, "multitask", False):
         return _train_multitask(args, options)
     custom = None
@@ -164,7 +169,8 @@ def _train_multitask(args, options) -> int:
 
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
     if not args.multitask:
-        raise ConfigError(f"--task {args.task!r} names several tasks; add --multitask to train them jointly")
+        raise ConfigError(f"--task {args.task!r} names several tasks; add --multitask to train them jointly "
+                          "or --each to train one module per task")
     output = args.output_dir or f"runs/{'+'.join(tasks)}-{args.method}-seed{args.seed}"
     results = train_multitask(tasks, args.method, args.model, args.data_dir, output, options, _parse_set(args.set),
                               args.temperature, resume=args.resume, overwrite=args.overwrite,
@@ -177,6 +183,36 @@ def _train_multitask(args, options) -> int:
         print(f"{name} / {results['method']} (multi-task): test {metrics}; module {_format_bytes(row['stored_bytes'])}")
     print(f"mean main score {100 * results['main_score']:.2f}; shared trainable parameters {results['trainable_params']:,}")
     print(f"modules: {Path(output) / 'module'}/<task>; results: {Path(output) / 'results.json'}")
+    return 0
+
+
+def _train_each(args, options) -> int:
+    from .errors import ConfigError
+    from .tasks import get_task
+    from .training import check_output_dir, train_task
+
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    if args.multitask or args.train_file or args.resume:
+        raise ConfigError("--each trains registered tasks one at a time; it cannot be combined with "
+                          "--multitask, --train-file or --resume")
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"--task {args.task!r} names a task twice")
+    output = Path(args.output_dir or f"runs/{'+'.join(tasks)}-{args.method}-seed{args.seed}")
+    for task in tasks:  # refuse every bad name or occupied folder before training anything
+        get_task(task)
+        check_output_dir(output / task, resume=False, overwrite=args.overwrite)
+    rows = []
+    for task in tasks:
+        print(f"== {task} ==", file=sys.stderr)
+        results = train_task(task, args.method, args.model, args.data_dir, output / task, options, _parse_set(args.set),
+                             overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+        rows.append(results)
+    if not rows[0].get("main_process", True):
+        return 0
+    print()
+    for results in rows:
+        print(f"{results['task']:<10} {results['method']}: main score {100 * results['metrics']['main_score']:.2f}; "
+              f"module {_format_bytes(results['stored_bytes'])} in {output / results['task'] / 'module'}")
     return 0
 
 
