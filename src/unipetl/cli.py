@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--model")
     methods.add_argument("--json", action="store_true")
 
+    report = sub.add_parser("report", help="tables (Markdown, CSV, JSON) and a score-vs-storage plot from runs' results.json")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding them (searched recursively)")
+    report.add_argument("--output-dir", default="report", help="where report.{md,csv,json,png} go (default: report)")
+
     tasks = sub.add_parser("tasks", help="every task with its labels and metrics")
     tasks.add_argument("--json", action="store_true")
     return parser
@@ -244,6 +248,15 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    build_report(args.runs, args.output_dir, warn=lambda m: print(f"unipetl report: warning: {m}", file=sys.stderr))
+    print((Path(args.output_dir) / "report.md").read_text())
+    print(f"written: {', '.join(str(Path(args.output_dir) / n) for n in ('report.md', 'report.csv', 'report.json', 'report.png'))}")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from .tasks import get_task, list_tasks
 
@@ -258,7 +271,8 @@ def cmd_tasks(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "transfer": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "methods": cmd_methods, "tasks": cmd_tasks}
+COMMANDS = {"train": cmd_train, "transfer": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "methods": cmd_methods, "report": cmd_report,
+            "tasks": cmd_tasks}
 
 
 def main(argv: list[str] | None = None) -> int:
