@@ -28,12 +28,10 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()  # the "newly initialized head" report is expected for every task head
 
 
-def load_backbone(name_or_path: str | None, task) -> Backbone:
-    """Model with the right head for ``task`` (a TaskSpec) and its tokenizer; hub names work when online."""
-    from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSeq2SeqLM,
-                              AutoModelForSequenceClassification, AutoTokenizer)
+def load_model_config(name_or_path: str | None):
+    """The model's path (the embedded MiniLM by default) and config, refusing unreadable or unsupported ones."""
+    from transformers import AutoConfig
 
-    _quiet_transformers()
     path = name_or_path or default_model_path()
     try:
         config = AutoConfig.from_pretrained(path)
@@ -43,6 +41,16 @@ def load_backbone(name_or_path: str | None, task) -> Backbone:
     if not any(config.model_type in fam.model_types for fam in FAMILIES):
         raise UnsupportedModelError(
             f"--model {path!r} is a {config.model_type!r} model; supported model types: {', '.join(supported_model_types())}")
+    return str(path), config
+
+
+def load_backbone(name_or_path: str | None, task) -> Backbone:
+    """Model with the right head for ``task`` (a TaskSpec) and its tokenizer; hub names work when online."""
+    from transformers import (AutoModelForMultipleChoice, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
+                              AutoTokenizer)
+
+    _quiet_transformers()
+    path, config = load_model_config(name_or_path)
     if config.is_encoder_decoder:
         model, mode = AutoModelForSeq2SeqLM.from_pretrained(path), "text_to_text"
     elif task.kind == "multiple_choice":
@@ -52,4 +60,4 @@ def load_backbone(name_or_path: str | None, task) -> Backbone:
             "id2label": dict(enumerate(task.label_names)), "label2id": {n: i for i, n in enumerate(task.label_names)}}
         model, mode = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **extra), "classify"
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return Backbone(model, tokenizer, str(path), mode)
+    return Backbone(model, tokenizer, path, mode)

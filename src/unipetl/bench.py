@@ -41,9 +41,44 @@ def _peft_model(base, spec: MethodSpec):
     elif spec.method == "prefix":
         config = peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=spec.overrides.get("num_virtual_tokens", 200),
                                          prefix_projection=True, encoder_hidden_size=spec.overrides.get("encoder_hidden_size", 800))
+    elif spec.method == "prompt_tuning":
+        config = peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=spec.overrides.get("num_virtual_tokens", 200))
     else:
         raise ValueError(f"no PEFT equivalent for {spec.method!r}")
     return peft.get_peft_model(base, config)
+
+
+def peft_equivalent(preset: str) -> MethodSpec | None:
+    """PEFT's version of a preset with the preset's own sizes, where PEFT has the method (LoRA on q,v,
+    prefix tuning with its reparametrisation MLP, prompt tuning); None elsewhere."""
+    from .config import PetlConfig
+
+    config = PetlConfig.from_preset(preset)
+    if preset == "lora":
+        overrides = {"r": config.attn_bn, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout}
+    elif preset == "prefix":
+        overrides = {"num_virtual_tokens": config.attn_bn, "encoder_hidden_size": config.mid_dim}
+    elif preset == "prompt_tuning":
+        overrides = {"num_virtual_tokens": config.attn_bn}
+    else:
+        return None
+    return MethodSpec(f"peft {preset}", "peft", preset, overrides)
+
+
+def stored_bytes(model, spec: MethodSpec) -> int:
+    """What saving the trained method writes: our task module, or PEFT's adapter folder."""
+    import tempfile
+    from pathlib import Path
+
+    if spec.library == "unipetl":
+        if model.diff is not None and spec.stage != "fixed_mask":  # stored after projection to its density
+            with torch.no_grad():
+                model.diff.weight.normal_()
+            model.project()
+        return model.report()["stored_bytes"]
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
 def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
@@ -85,15 +120,19 @@ def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, st
         optimizer.zero_grad(set_to_none=True)
         if step >= warmup:
             times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # training's peak, before inference
     model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    latencies = []
     with torch.no_grad():
-        start = time.perf_counter()
-        model(**{k: v for k, v in batch.items() if k != "labels"})
-        inference = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"label": spec.label, "step_seconds": statistics.median(times), "inference_seconds": inference,
+        for step in range(warmup + steps):
+            start = time.perf_counter()
+            model(**inputs)
+            if step >= warmup:
+                latencies.append(time.perf_counter() - start)
+    return {"label": spec.label, "step_seconds": statistics.median(times), "inference_seconds": statistics.median(latencies),
             "peak_rss_mb": peak / 1024, "training_rss_increase_mb": (peak - rss_before) / 1024,
-            "trainable_params": sum(p.numel() for p in params)}
+            "trainable_params": sum(p.numel() for p in params), "stored_bytes": stored_bytes(model, spec)}
 
 
 def run_worker(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
@@ -125,8 +164,10 @@ def benchmark(specs: list[MethodSpec], model_path: str, batch_size=16, seq_len=1
         row.update(summary)
         if "error" not in summary and "error" not in ref:
             row["step_ratio"] = summary["step_seconds"] / ref["step_seconds"]
+            row["inference_ratio"] = summary["inference_seconds"] / ref["inference_seconds"]
             row["peak_rss_ratio"] = summary["peak_rss_mb"] / ref["peak_rss_mb"]
-            row["training_memory_ratio"] = summary["training_rss_increase_mb"] / ref["training_rss_increase_mb"]
+            if ref["training_rss_increase_mb"] > 0:  # a tiny model may not grow the process at all
+                row["training_memory_ratio"] = summary["training_rss_increase_mb"] / ref["training_rss_increase_mb"]
         rows.append(row)
     return {"machine": machine_description(), "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
             "warmup": warmup, "rounds": rounds, "reference": reference, "rows": rows}
@@ -139,6 +180,7 @@ def _summary(results: list[dict]) -> dict:
     keys = ("step_seconds", "inference_seconds", "peak_rss_mb", "training_rss_increase_mb")
     out = {k: statistics.median(r[k] for r in ok) for k in keys}
     out["trainable_params"] = ok[0]["trainable_params"]
+    out["stored_bytes"] = ok[0].get("stored_bytes")
     out["step_seconds_all"] = [round(r["step_seconds"], 4) for r in ok]
     return out
 
@@ -157,17 +199,44 @@ def machine_description() -> str:
 
 
 def to_markdown(result: dict) -> str:
+    def ratio(row, key):
+        return f"{row[key]:.2f}" if key in row else "–"
+
     lines = [f"Machine: {result['machine']}  ",
              f"Batch {result['batch_size']} x {result['seq_len']} tokens, {result['steps']} timed steps after "
              f"{result['warmup']} warm-up, {result['rounds']} rounds (medians); ratios are to `{result['reference']}` "
-             "measured in the same run.", "",
-             "| method | library | trainable params | step (s) | step / full | peak RSS (MB) | peak RSS / full | training memory increase (MB) | increase / full |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "measured in the same run. Inference: one no-grad forward of the same batch. Training memory increase: "
+             "peak RSS during training minus RSS before it.", "",
+             "| method | library | trainable params | stored bytes | step (s) | step / full | inference (s) | inference / full "
+             "| peak RSS (MB) | peak RSS / full | training memory increase (MB) | increase / full |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
         if "error" in row:
-            lines.append(f"| {row['label']} | {row['library']} | | failed: {row['error']} | | | | | |")
+            lines.append(f"| {row['label']} | {row['library']} | | | failed: {row['error']} | | | | | | | |")
             continue
-        lines.append(f"| {row['label']} | {row['library']} | {row['trainable_params']:,} | {row['step_seconds']:.3f} | "
-                     f"{row.get('step_ratio', float('nan')):.2f} | {row['peak_rss_mb']:.0f} | {row.get('peak_rss_ratio', float('nan')):.2f} | "
-                     f"{row['training_rss_increase_mb']:.0f} | {row.get('training_memory_ratio', float('nan')):.2f} |")
+        stored = f"{row['stored_bytes']:,}" if row.get("stored_bytes") is not None else "–"
+        lines.append(f"| {row['label']} | {row['library']} | {row['trainable_params']:,} | {stored} | {row['step_seconds']:.3f} | "
+                     f"{ratio(row, 'step_ratio')} | {row['inference_seconds']:.4f} | {ratio(row, 'inference_ratio')} | "
+                     f"{row['peak_rss_mb']:.0f} | {ratio(row, 'peak_rss_ratio')} | {row['training_rss_increase_mb']:.0f} | "
+                     f"{ratio(row, 'training_memory_ratio')} |")
     return "\n".join(lines) + "\n"
+
+
+def standard_specs(presets: list[str] | None = None, with_peft: bool = True) -> list[MethodSpec]:
+    """`full` as the reference, then each preset (all by default) followed by PEFT's version where it exists."""
+    from .errors import ConfigError
+    from .presets import list_presets
+
+    names = list_presets() if not presets else list(dict.fromkeys(presets))
+    unknown = [n for n in names if n not in list_presets()]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(map(repr, unknown))}; presets: {', '.join(list_presets())}")
+    specs = [MethodSpec("full", "unipetl", "full")]
+    for name in names:
+        if name == "full":
+            continue
+        specs.append(MethodSpec(name, "unipetl", name))
+        twin = peft_equivalent(name) if with_peft else None
+        if twin is not None:
+            specs.append(twin)
+    return specs

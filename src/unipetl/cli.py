@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding them (searched recursively)")
     report.add_argument("--output-dir", default="report", help="where report.{md,csv,json,png} go (default: report)")
 
+    bench = sub.add_parser("bench", help="training step time, inference latency, peak memory and stored bytes of every "
+                                         "preset (and PEFT's equivalents), as ratios to full fine-tuning")
+    bench.add_argument("--model", help="backbone (default: the embedded MiniLM)")
+    bench.add_argument("--methods", nargs="+", metavar="PRESET", help="presets to measure (default: all); full is always the reference")
+    bench.add_argument("--no-peft", action="store_true", help="leave out PEFT's equivalents")
+    bench.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians over them (default 2)")
+    bench.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default 5)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    bench.add_argument("--batch-size", type=int, default=16)
+    bench.add_argument("--seq-len", type=int, default=128)
+    bench.add_argument("--output-dir", default="bench", help="where bench.json and bench.md go (default: bench)")
+
     tasks = sub.add_parser("tasks", help="every task with its labels and metrics")
     tasks.add_argument("--json", action="store_true")
     return parser
@@ -257,6 +269,40 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .backbone import load_model_config
+    from .bench import benchmark, standard_specs, to_markdown
+    from .errors import ConfigError
+
+    for name in ("rounds", "steps", "batch_size", "seq_len"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)} must be a positive integer")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup={args.warmup} must be zero or more")
+    specs = standard_specs(args.methods, with_peft=not args.no_peft)
+    model, config = load_model_config(args.model)
+    if config.is_encoder_decoder:
+        raise ConfigError(f"--model {model!r} is an encoder-decoder; unipetl bench measures encoders with a "
+                          "sequence-classification head (BERT, RoBERTa/XLM-R, MPNet)")
+    result = benchmark(specs, model, args.batch_size, args.seq_len, args.steps, args.warmup, args.rounds,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
+    result["model"] = model
+    result["command"] = "unipetl bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "unipetl bench"
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = f"Model: `{model}`\n\n" + to_markdown(result)
+    for name, text in (("bench.json", json.dumps(result, indent=1) + "\n"), ("bench.md", markdown)):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+    print(markdown)
+    failed = [row["label"] for row in result["rows"] if "error" in row]
+    if failed:
+        print(f"unipetl bench: error: measurement failed for {', '.join(failed)} (see the table)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from .tasks import get_task, list_tasks
 
@@ -271,7 +317,7 @@ def cmd_tasks(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "transfer": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "methods": cmd_methods, "report": cmd_report,
+COMMANDS = {"train": cmd_train, "transfer": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "methods": cmd_methods, "report": cmd_report, "bench": cmd_bench,
             "tasks": cmd_tasks}
 
 

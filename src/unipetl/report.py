@@ -72,7 +72,8 @@ class Cell:
 # ----------------------------------------------------------------------------- reading runs
 def _looks_like_a_run(directory: Path) -> bool:
     """A run folder that never finished: a module or checkpoints but no results.json."""
-    return (directory / "module").is_dir() or any(directory.glob("checkpoint-*"))
+    return ((directory / "module").is_dir() or (directory / "checkpoints").is_dir()
+            or any(directory.glob("checkpoint-*")))
 
 
 def find_runs(paths: list[str | Path], warn: Callable[[str], None]) -> list[Run]:

@@ -1,0 +1,45 @@
+"""`unipetl bench`: every requested preset and PEFT's twin measured against full fine-tuning, bad input refused."""
+
+import json
+
+import pytest
+import transformers as T
+
+from test_training import run_cli, tiny_bert  # noqa: F401  (fixture)
+from unipetl import PetlConfig, get_petl_model
+
+
+def test_bench_measures_presets_with_peft_twins_and_reports_stored_bytes(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = run_cli("bench", "--model", tiny_bert, "--methods", "lora", "pfeiffer", "--rounds", 1, "--steps", 1,
+                   "--warmup", 1, "--batch-size", 2, "--seq-len", 16, "--output-dir", out)
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "bench.json").read_text())
+    rows = {row["label"]: row for row in result["rows"]}
+    assert list(rows) == ["full", "lora", "peft lora", "pfeiffer"]  # full first, PEFT only where it has the method
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["step_ratio"] == pytest.approx(row["step_seconds"] / rows["full"]["step_seconds"])
+        assert row["inference_ratio"] == pytest.approx(row["inference_seconds"] / rows["full"]["inference_seconds"])
+    # stored bytes and parameter counts agree with an independent build of the same preset
+    for name in ("lora", "pfeiffer"):
+        base = T.AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+        report = get_petl_model(base, PetlConfig.from_preset(name)).report()
+        assert rows[name]["stored_bytes"] == report["stored_bytes"]
+        assert rows[name]["trainable_params"] == report["trainable_params"] + report["head_params"]
+    # PEFT's LoRA takes the preset's rank: the same adapter parameters (PEFT also trains the head)
+    assert rows["peft lora"]["trainable_params"] == rows["lora"]["trainable_params"]
+    markdown = (out / "bench.md").read_text()
+    assert "| peft lora | peft |" in markdown and markdown in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "lora", "nope"], "unknown method(s) 'nope'"),
+    (["--steps", "0"], "--steps=0 must be a positive integer"),
+    (["--model", "/no/such/model"], "cannot load a model config"),
+])
+def test_bench_refuses_bad_input_before_measuring(args, message, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert run_cli("bench", *args, "--output-dir", out) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
