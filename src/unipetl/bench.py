@@ -205,7 +205,8 @@ def to_markdown(result: dict) -> str:
     lines = [f"Machine: {result['machine']}  ",
              f"Batch {result['batch_size']} x {result['seq_len']} tokens, {result['steps']} timed steps after "
              f"{result['warmup']} warm-up, {result['rounds']} rounds (medians); ratios are to `{result['reference']}` "
-             "measured in the same run. Inference: one no-grad forward of the same batch. Training memory increase: "
+             "measured in the same run. Inference: a no-grad forward of the same batch (median over the timed steps). "
+             "Training memory increase: "
              "peak RSS during training minus RSS before it.", "",
              "| method | library | trainable params | stored bytes | step (s) | step / full | inference (s) | inference / full "
              "| peak RSS (MB) | peak RSS / full | training memory increase (MB) | increase / full |",

@@ -1,4 +1,4 @@
-"""The `unipetl` command line: train, evaluate, predict, methods, tasks.
+"""The `unipetl` command line: train, transfer, evaluate, predict, methods, report, bench, tasks.
 
 Every refusal is one line on stderr naming the file, field or value at fault, with exit status 2.
 """
@@ -227,7 +227,7 @@ def _train_each(args, options) -> int:
         return 0
     print()
     for results in rows:
-        print(f"{results['task']:<10} {results['method']}: main score {100 * results['metrics']['main_score']:.2f}; "
+        print(f"{results['task']:<10} {results['method']}: main score {100 * results['main_score']:.2f}; "
               f"module {_format_bytes(results['stored_bytes'])} in {output / results['task'] / 'module'}")
     return 0
 
@@ -287,10 +287,13 @@ def cmd_bench(args) -> int:
     result = benchmark(specs, model, args.batch_size, args.seq_len, args.steps, args.warmup, args.rounds,
                        log=lambda m: print(m, file=sys.stderr, flush=True))
     result["model"] = model
-    result["command"] = "unipetl bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "unipetl bench"
+    methods = f" --methods {' '.join(args.methods)}" if args.methods else ""
+    result["command"] = (f"unipetl bench --model {model}{methods} --rounds {args.rounds} "
+                         f"--steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size} --seq-len {args.seq_len}"
+                         + (" --no-peft" if args.no_peft else ""))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = f"Model: `{model}`\n\n" + to_markdown(result)
+    markdown = f"Command: `{result['command']}`  \n" + to_markdown(result)
     for name, text in (("bench.json", json.dumps(result, indent=1) + "\n"), ("bench.md", markdown)):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
@@ -317,8 +320,8 @@ def cmd_tasks(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "transfer": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "methods": cmd_methods, "report": cmd_report, "bench": cmd_bench,
-            "tasks": cmd_tasks}
+COMMANDS = {"train": cmd_train, "transfer": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "methods": cmd_methods, "report": cmd_report, "bench": cmd_bench, "tasks": cmd_tasks}
 
 
 def main(argv: list[str] | None = None) -> int:

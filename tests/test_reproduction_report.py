@@ -1,0 +1,30 @@
+"""The committed reproduction table and plot are what `unipetl report` makes of the committed results.json files."""
+
+import json
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+from unipetl.report import build_report
+
+REPO = Path(__file__).resolve().parents[1]
+REPORT = REPO / "benchmarks" / "reproduction"
+MARKERS = ("<!-- reproduction table: start -->", "<!-- reproduction table: end -->")
+
+pytestmark = pytest.mark.skipif(not (REPORT / "report.md").exists(), reason="no reproduction report committed yet")
+
+
+def test_the_committed_report_regenerates_byte_for_byte(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the report names its runs by paths relative to the repository
+    build_report([Path("benchmarks/reproduction/runs")], tmp_path, warn=lambda m: None)
+    for name in ("report.md", "report.csv", "report.json"):
+        assert (tmp_path / name).read_bytes() == (REPORT / name).read_bytes(), name
+    if json.loads((REPORT / "report.json").read_text())["matplotlib"] == matplotlib.__version__:
+        assert (tmp_path / "report.png").read_bytes() == (REPORT / "report.png").read_bytes()
+
+
+def test_the_readme_table_is_the_committed_report():
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index(MARKERS[0]) + len(MARKERS[0]):readme.index(MARKERS[1])]
+    assert block == "\n" + (REPORT / "report.md").read_text()
