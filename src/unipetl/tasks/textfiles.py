@@ -1,0 +1,83 @@
+"""Reading users' JSON / JSONL / TSV files so that every failure is a DataError naming the file and line.
+
+Shared by the QA, generation and multi-label loaders. Line-level JSONL parsing is the one the
+GLUE loaders use (loaders.py), so messages read the same everywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DataError
+from .loaders import _jsonl, _need
+
+
+def existing_file(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return path
+
+
+@contextmanager
+def reading(path: Path):
+    """Turn low-level read failures inside the block into DataErrors naming the file."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed TSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+
+
+def jsonl_records(path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file."""
+    path = existing_file(path)
+    with reading(path):
+        yield from _jsonl(path)
+
+
+def json_document(path) -> Any:
+    """The one JSON value a .json file holds."""
+    path = existing_file(path)
+    with reading(path):
+        with open(path, encoding="utf-8-sig") as f:
+            try:
+                return json.load(f)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+
+
+def tsv_records(path, quoted: bool) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) for every non-blank row of a tab-separated file.
+
+    quoted=True reads csv-style quoting (fields may hold tabs or newlines inside double quotes, as
+    csv.writer and pandas write them); quoted=False takes every character literally, which raw
+    parallel text needs because a sentence may start with a quote mark.
+    """
+    path = existing_file(path)
+    with reading(path):
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
+            for row in reader:
+                if row and any(cell.strip() for cell in row):
+                    # line_num is the reader's line after the row, which is the row's last line.
+                    yield reader.line_num, row
+
+
+def need(row: dict, key: str, where: str) -> Any:
+    """row[key], or a DataError ``<where>: missing field 'key'``."""
+    return _need(row, key, where)
+
+
+def need_text(row: dict, key: str, where: str) -> str:
+    value = _need(row, key, where)
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    return value
