@@ -13,7 +13,8 @@ Fitted to a 2-core CPU (see TASKS): the large tasks train on a seeded subset of 
 2 epochs with one seed; the small tasks (CB, COPA, WSC) on all their examples for 6 epochs with
 three seeds. Sequence length 64 (CB 128: its premises are long). Splits follow ScaLearn's protocol:
 the official dev set is the test set and a stratified 10 % of the training data is the validation
-set that picks the best epoch, so no test label chooses a checkpoint; QNLI is left out because only
+set that picks the best epoch (at most 1,000 examples: SST-2's would be 6,735 and is evaluated every
+epoch), so no test label chooses a checkpoint; QNLI is left out because only
 its dev split is here. ScaLearn and AdapterFusion combine the seed-42
 `pfeiffer` modules of all seven tasks (the target's own included, as in the paper). Every method
 uses its preset's defaults, learning rate included.
@@ -60,7 +61,7 @@ def plan(tasks, methods) -> list[tuple[str, str, int]]:
 def train(task: str, method: str, seed: int) -> None:
     samples, epochs, length, _ = TASKS[task]
     options = TrainOptions(epochs=epochs, max_train_samples=samples, max_length=length, batch_size=16, seed=seed,
-                           protocol="scalearn", progress=False)
+                           protocol="scalearn", max_validation_samples=1000, progress=False)
     sources = [str(run_dir(t, "pfeiffer", 42) / "module") for t in TASKS] if method in TRANSFER else None
     train_task(task, method, None, str(GLUE), str(run_dir(task, method, seed)), options, overwrite=True,
                log=lambda m: print(m, flush=True), sources=sources)

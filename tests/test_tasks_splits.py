@@ -104,6 +104,20 @@ def test_max_train_samples_is_a_seeded_subset_after_the_split():
         make_splits("cb", glue_dir(), max_train_samples=0)
 
 
+def test_max_validation_samples_is_a_seeded_subset_and_never_touches_the_test_split():
+    full = make_splits("sst2", glue_dir(), protocol="scalearn")
+    a = make_splits("sst2", glue_dir(), protocol="scalearn", max_validation_samples=300)
+    b = make_splits("sst2", glue_dir(), protocol="scalearn", seed=7, max_validation_samples=300)
+    assert len(a["validation"]) == 300 and a["train"] == full["train"] and a["test"] == full["test"]
+    assert set(e.meta["idx"] for e in a["validation"]) <= set(e.meta["idx"] for e in full["validation"])
+    assert a["validation"] != b["validation"]
+    assert a == make_splits("sst2", glue_dir(), protocol="scalearn", max_validation_samples=300)
+    with pytest.raises(DataError, match="validation split is its test split"):
+        make_splits("sst2", glue_dir(), max_validation_samples=300)  # dev_as_test
+    with pytest.raises(DataError, match="max_validation_samples must be a positive"):
+        make_splits("sst2", glue_dir(), protocol="scalearn", max_validation_samples=0)
+
+
 def full_train(task):
     return make_splits(task, glue_dir())["train"]
 

@@ -43,6 +43,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     length.add_argument("--epochs", type=float, default=None, help="training epochs (default 3; 2 for the default run)")
     length.add_argument("--max-steps", type=int, default=-1, help="training steps (overrides --epochs)")
     parser.add_argument("--max-train-samples", type=int, help="a seeded subset of the training split")
+    parser.add_argument("--max-validation-samples", type=int,
+                        help="a seeded subset of the validation split that picks the best epoch (not with --protocol dev_as_test)")
     parser.add_argument("--learning-rate", type=float, help="default: the preset's (see `unipetl methods`)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-batch-size", type=int, default=64)
@@ -147,7 +149,8 @@ def cmd_train(args) -> int:
         epochs=args.epochs if args.epochs is not None else (2.0 if default_run else 3.0), max_steps=args.max_steps,
         learning_rate=args.learning_rate, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         max_length=args.max_length or (64 if default_run else 128), seed=args.seed, protocol=args.protocol,
-        max_train_samples=args.max_train_samples, early_stopping_patience=args.early_stopping_patience,
+        max_train_samples=args.max_train_samples, max_validation_samples=args.max_validation_samples,
+        early_stopping_patience=args.early_stopping_patience,
         precision=args.precision, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
         progress=not args.no_progress)
     if getattr(args, "each", False):

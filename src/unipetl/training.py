@@ -50,6 +50,7 @@ class TrainOptions:
     seed: int = 42
     protocol: str = "dev_as_test"
     max_train_samples: int | None = None
+    max_validation_samples: int | None = None  # not under dev_as_test, where validation is the test split
     early_stopping_patience: int | None = None
     precision: str = "auto"  # fp32 | fp16 | bf16 | auto (bf16 where the GPU has it, else fp32)
     logging_steps: int = 50
@@ -304,9 +305,12 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
         spec, splits = custom_splits(**custom, seed=options.seed)
         if options.max_train_samples:
             splits["train"] = splits["train"][: options.max_train_samples]
+        if options.max_validation_samples and splits["validation"] is not splits["test"]:
+            splits["validation"] = splits["validation"][: options.max_validation_samples]
     else:
         spec = get_task(task)
-        splits = make_splits(spec, data_dir, options.protocol, options.seed, options.max_train_samples)
+        splits = make_splits(spec, data_dir, options.protocol, options.seed, options.max_train_samples,
+                             options.max_validation_samples)
     for name in ("train", "validation", "test"):
         if not splits.get(name):
             raise DataError(f"task {spec.name!r}: the {name} split is empty (protocol {options.protocol!r}, data {data_dir})")
@@ -475,7 +479,8 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     specs = [get_task(t) for t in tasks]
     out = Path(output_dir)
     check_output_dir(out, resume, overwrite)
-    splits = {s.name: make_splits(s, data_dir, options.protocol, options.seed, options.max_train_samples) for s in specs}
+    splits = {s.name: make_splits(s, data_dir, options.protocol, options.seed, options.max_train_samples,
+                                  options.max_validation_samples) for s in specs}
     for name, task_splits in splits.items():
         for part in ("train", "validation", "test"):
             if not task_splits.get(part):

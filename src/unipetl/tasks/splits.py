@@ -54,8 +54,12 @@ def make_splits(
     protocol: str = "dev_as_test",
     seed: int = 42,
     max_train_samples: int | None = None,
+    max_validation_samples: int | None = None,
 ) -> dict[str, list[Example]]:
-    """{'train', 'validation', 'test'} (plus 'test_mismatched' for MNLI) under a protocol."""
+    """{'train', 'validation', 'test'} (plus 'test_mismatched' for MNLI) under a protocol.
+
+    ``max_validation_samples`` caps the split that picks the best epoch (it is evaluated every
+    epoch); it is refused where the validation split is also the test split (dev_as_test)."""
     spec = get_task(task)
     if protocol not in PROTOCOLS:
         raise DataError(f"unknown split protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
@@ -67,6 +71,11 @@ def make_splits(
             out["test_mismatched"] = load_split(spec, "validation_mismatched", data_dir)
     if max_train_samples is not None:
         out["train"] = _subsample(spec, out["train"], max_train_samples, seed)
+    if max_validation_samples is not None:
+        if out["validation"] is out["test"]:
+            raise DataError(f"max_validation_samples: under protocol {protocol!r} {spec.name}'s validation split is "
+                            "its test split, which is never subsampled; use protocol 'scalearn' or 'hyperformer'")
+        out["validation"] = _subsample(spec, out["validation"], max_validation_samples, seed, "max_validation_samples")
     return out
 
 
@@ -100,10 +109,10 @@ def _protocol_splits(spec: TaskSpec, data_dir, protocol: str, seed: int) -> dict
     return {"train": _take(train, train_units, keep), "validation": _take(train, train_units, held), "test": dev}
 
 
-def _subsample(spec: TaskSpec, train: list[Example], n: int, seed: int) -> list[Example]:
+def _subsample(spec: TaskSpec, train: list[Example], n: int, seed: int, name: str = "max_train_samples") -> list[Example]:
     """A seeded subset of n rows, kept in their original order."""
     if n < 1:
-        raise DataError(f"max_train_samples must be a positive number of rows, got {n}")
+        raise DataError(f"{name} must be a positive number of rows, got {n}")
     units = _units(spec, train)
     if n >= len(units):
         return train
