@@ -67,10 +67,25 @@ def train(task: str, method: str, seed: int) -> None:
                log=lambda m: print(m, flush=True), sources=sources)
 
 
-def update_readme(table: str) -> None:
+def coverage() -> str:
+    """One line saying how much of the planned grid the committed results cover."""
+    planned = plan(list(TASKS), list(METHODS))
+    done = [r for r in planned if (run_dir(*r) / "results.json").exists()]
+    missing = sorted({f"{m} on {t}" for t, m, s in planned if (t, m, s) not in done})
+    line = f"Runs done: {len(done)} of {len(planned)} planned."
+    if missing:
+        line += " Not yet run (some or all seeds): " + ", ".join(missing) + "."
+    return line + "\n"
+
+
+def readme_block() -> str:
+    return "\n" + coverage() + "\n" + (REPORT / "report.md").read_text()
+
+
+def update_readme() -> None:
     text = README.read_text()
     start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    README.write_text(text[:start] + "\n" + table + text[end:])
+    README.write_text(text[:start] + readme_block() + text[end:])
 
 
 def main():
@@ -86,8 +101,8 @@ def main():
             print(f"== [{i}/{len(todo)}] {task} / {method} / seed {seed}", flush=True)
             train(task, method, seed)
     build_report([RUNS], REPORT, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-    update_readme((REPORT / "report.md").read_text())
-    print((REPORT / "report.md").read_text())
+    update_readme()
+    print(readme_block())
 
 
 if __name__ == "__main__":
