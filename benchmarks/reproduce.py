@@ -70,11 +70,16 @@ def train(task: str, method: str, seed: int) -> None:
 def coverage() -> str:
     """One line saying how much of the planned grid the committed results cover."""
     planned = plan(list(TASKS), list(METHODS))
-    done = [r for r in planned if (run_dir(*r) / "results.json").exists()]
-    missing = sorted({f"{m} on {t}" for t, m, s in planned if (t, m, s) not in done})
+    done = {r for r in planned if (run_dir(*r) / "results.json").exists()}
     line = f"Runs done: {len(done)} of {len(planned)} planned."
+    missing = {}
+    for task, method, seed in planned:
+        if (task, method, seed) not in done:
+            missing.setdefault(method, []).append(task if len(TASKS[task][3]) == 1 else f"{task} seed {seed}")
     if missing:
-        line += " Not yet run (some or all seeds): " + ", ".join(missing) + "."
+        line += " Not yet run: " + "; ".join(
+            f"{m} (all)" if len(v) == sum(len(t[3]) for t in TASKS.values()) else f"{m} ({', '.join(v)})"
+            for m, v in missing.items()) + "."
     return line + "\n"
 
 

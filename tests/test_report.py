@@ -102,6 +102,7 @@ def test_malformed_and_partial_runs_are_named_and_skipped(runs, tmp_path, capsys
     del payload["stored_bytes"]
     (missing / "results.json").write_text(json.dumps(payload))
     (runs / "unfinished" / "checkpoint-4").mkdir(parents=True)
+    (runs / "cola-lora-42" / "checkpoints" / "checkpoint-8").mkdir(parents=True)  # a finished run keeps these
     bad = write_run(runs, "lora", "stsb", 51, {"pearson": 0.4, "spearmanr": 0.5})
     payload = json.loads((bad / "results.json").read_text())
     payload["metrics"]["pearson"] = "high"
@@ -114,6 +115,7 @@ def test_malformed_and_partial_runs_are_named_and_skipped(runs, tmp_path, capsys
     assert "unfinished: a run folder without results.json" in err
     assert "stsb-lora-51/results.json: field 'metrics' must map metric names to finite numbers" in err
     assert "nowhere: no such file or directory" in err
+    assert "cola-lora-42" not in err
     rows = {(r["method"], r["task"]): r for r in csv.DictReader((out / "report.csv").open())}
     assert rows[("lora", "cola")]["seeds"] == "42 43"  # the bad runs did not enter the numbers
 

@@ -76,6 +76,17 @@ def _looks_like_a_run(directory: Path) -> bool:
             or any(directory.glob("checkpoint-*")))
 
 
+def _unfinished_runs(root: Path) -> list[Path]:
+    """Folders under ``root`` that look like runs but hold no results.json, outside finished runs."""
+    found = []
+    for directory in sorted(d for d in [root, *root.rglob("*")] if d.is_dir()):
+        inside_finished = any((parent / RESULTS_FILE).exists() for parent in [directory, *directory.parents]
+                              if parent == root or root in parent.parents)
+        if not inside_finished and _looks_like_a_run(directory):
+            found.append(directory)
+    return found
+
+
 def find_runs(paths: list[str | Path], warn: Callable[[str], None]) -> list[Run]:
     """Every result under ``paths``; malformed files and unfinished run folders are named in a warning."""
     runs: list[Run] = []
@@ -84,9 +95,8 @@ def find_runs(paths: list[str | Path], warn: Callable[[str], None]) -> list[Run]
             warn(f"{given}: no such file or directory; skipped")
             continue
         files = [given] if given.is_file() else sorted(given.rglob(RESULTS_FILE))
-        for partial in sorted({given, *given.rglob("*")} if given.is_dir() else ()):
-            if partial.is_dir() and not (partial / RESULTS_FILE).exists() and _looks_like_a_run(partial):
-                warn(f"{partial}: a run folder without {RESULTS_FILE} (unfinished or failed run); skipped")
+        for partial in _unfinished_runs(given) if given.is_dir() else ():
+            warn(f"{partial}: a run folder without {RESULTS_FILE} (unfinished or failed run); skipped")
         if not files:
             warn(f"{given}: no {RESULTS_FILE} found; skipped")
         for file in files:
