@@ -183,6 +183,25 @@ def test_sampled_projection_reaches_the_target_where_deterministic_gates_are_clo
     assert sampled["nonzero_before"] / total == pytest.approx(float(torch.sigmoid(torch.tensor(-0.5))), abs=0.02)
 
 
+def test_expected_projection_reaches_the_target_where_a_sample_closes_whole_tensors():
+    """A group gate sampled closed zeroes its whole tensor; ranking |w| * P(non-zero) never does."""
+    _, petl, _ = trained_gated()
+    with torch.no_grad():
+        petl.diff.weight.normal_()
+        petl.diff.gate_logits.fill_(-20.0)  # after a short L0 stage with the gate lr of 0.1
+        petl.diff.group_gate_logits.fill_(-20.0)
+        petl.diff.gate_logits[:30] = 3.0
+        petl.diff.group_gate_logits[0] = 3.0
+    total = petl.diff.layout.total
+    _, sampled = project_to_density(petl.diff, 0.01, gates="sample")
+    assert sampled["kept_entries"] <= 30
+    _, expected = project_to_density(petl.diff, 0.01, gates="expected")
+    assert abs(expected["kept_entries"] - 0.01 * total) <= 1
+    # the open entries rank first: |w| * P(non-zero) is larger there by a factor of e^23 or so
+    sparse, _ = project_to_density(petl.diff, 30 / total, gates="expected")
+    assert sparse.indices.tolist() == list(range(30))
+
+
 def test_fixed_mask_stage_never_changes_a_masked_out_entry():
     model, petl, batch = trained_gated()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n not in petl.head_names}

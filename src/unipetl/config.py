@@ -28,6 +28,7 @@ LEARNABLE_SCALAR = "learnable_scalar"
 PARAM_SOURCES = ("owned", "masked_prototype", "gated_diff", "scaled_mixture")
 DIFF_STAGES = ("l0", "fixed_mask")
 GATE_EVAL_OPTIONS = ("deterministic", "sample")
+PROJECTION_GATE_OPTIONS = ("sample", "deterministic", "expected")
 
 # Which insertion options each mode accepts (the first is used when the option is left unset).
 _ALLOWED_ATTN_OPTIONS = {
@@ -256,7 +257,7 @@ class PetlConfig:
                               f"{self.full_finetune})")
         _choice("diff_stage", self.diff_stage, DIFF_STAGES)
         _choice("gate_eval", self.gate_eval, GATE_EVAL_OPTIONS)
-        _choice("projection_gates", self.projection_gates, GATE_EVAL_OPTIONS)
+        _choice("projection_gates", self.projection_gates, PROJECTION_GATE_OPTIONS)
         check_density(self.diff_density)
         limits = self.gate_limits
         if len(limits) != 2 or not all(isinstance(v, (int, float)) for v in limits) or not limits[0] < 0 < 1 < limits[1]:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ModuleFormatError
-from .gates import GatedDelta, deterministic_gates, expected_l0, full_entry_noise, group_noise, sample_gates
+from .gates import (GatedDelta, deterministic_gates, expected_l0, full_entry_noise, group_noise, open_probability,
+                    sample_gates)
 
 
 class FlatLayout:
@@ -57,8 +58,12 @@ class GatedDiff(nn.Module):
 
     @torch.no_grad()
     def gate_values(self, mode: str) -> torch.Tensor:
-        """z * z_group for every entry: 'deterministic' (Louizos' test-time estimator) or one fresh 'sample'."""
-        if mode == "sample":  # the released code samples fresh gates even at evaluation
+        """z * z_group for every entry: 'deterministic' (Louizos' test-time estimator), one fresh 'sample',
+        or 'expected': P(z != 0) * P(z_group != 0), the probability that the entry is non-zero."""
+        if mode == "expected":
+            z = open_probability(self.gate_logits.detach(), self.limits)
+            group = None if self.group_gate_logits is None else open_probability(self.group_gate_logits.detach(), self.limits)
+        elif mode == "sample":  # the released code samples fresh gates even at evaluation
             seed = int(torch.randint(1, 2**62, (1,)).item())
             z = sample_gates(self.gate_logits, full_entry_noise(self.layout.total, seed), self.limits)
             group = None if self.group_gate_logits is None else sample_gates(
@@ -116,7 +121,10 @@ def project_to_density(diff: GatedDiff, density: float, gates: str = "sample") -
 
     ``gates='sample'`` takes delta with one sampled gate draw, as the released pipeline does (its
     checkpoint holds theta_pre + z_sample * w); 'deterministic' uses the test-time gate, which is
-    exactly zero wherever alpha <= 0 and after a short L0 stage can leave fewer non-zeros than the target.
+    exactly zero wherever alpha <= 0. After a short L0 stage either can leave far fewer non-zeros
+    than the target (one sample closes whole tensors through their group gate); 'expected' ranks
+    |w| * P(entry non-zero), which is zero only where w is, so it reaches the target whenever w has
+    that many non-zero entries.
     """
     check_density(density)
     delta = diff.weight.detach() * diff.gate_values(gates)
