@@ -17,6 +17,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import os
+import warnings
 
 import torch
 
@@ -103,6 +105,75 @@ def _segments(start: int, end: int, bounds: list[int]):
         yield group, max(bounds[group], start) - start, min(bounds[group + 1], end) - start
 
 
+def _forward_chunk(alpha, u, w, scale, low: float, high: float):
+    """w * z * scale for one chunk (scale: each entry's group gate, or 1)."""
+    s = torch.sigmoid(torch.logit(u) + alpha)
+    return (s * (high - low) + low).clamp(0.0, 1.0) * w * scale
+
+
+def _backward_chunk(alpha, u, w, grad, scale, low: float, high: float):
+    """(g * w * z for the group sums, dalpha, dw) for one chunk; dz/dalpha = 1[0 < s_bar < 1] (r - l) s (1 - s)."""
+    s = torch.sigmoid(torch.logit(u) + alpha)
+    stretched = s * (high - low) + low
+    z = stretched.clamp(0.0, 1.0)
+    slope = torch.where((stretched > 0) & (stretched < 1), (high - low) * s * (1 - s), torch.zeros_like(s))
+    g_w = grad * w
+    return g_w * z, g_w * slope * scale, grad * z * scale
+
+
+# Large diffs (a whole backbone) run the chunk math as fused kernels: eager PyTorch makes a dozen
+# passes over each chunk, and these passes dominate diff pruning's step time on a CPU. Compiling
+# takes ~20 s once per process, so small diffs (tests, tiny models) stay eager.
+COMPILE_MIN_ENTRIES = 4_000_000
+_kernels: dict[str, object] = {}
+
+
+def _penalty_slope_chunk(alpha, scale, grad, shift: float):
+    """d E[L0] / d alpha for one chunk: grad * P(z_group != 0) * p (1 - p), p = sigmoid(alpha - shift)."""
+    p = torch.sigmoid(alpha - shift)
+    return p * (1 - p) * scale * grad
+
+
+EAGER_KERNELS = {"forward": _forward_chunk, "backward": _backward_chunk, "penalty": _penalty_slope_chunk}
+
+
+def _chunk_kernels(total: int) -> dict:
+    if total < COMPILE_MIN_ENTRIES or os.environ.get("UNIPETL_EAGER_GATES"):
+        return EAGER_KERNELS
+    if not _kernels:
+        _kernels.update({name: _compiled_or_eager(name, fn) for name, fn in EAGER_KERNELS.items()})
+    return _kernels
+
+
+def _compiled_or_eager(name: str, eager):
+    """torch.compile compiles on the first call; if that fails (no C++ toolchain, say), use the eager
+    math, which is the same computation, from then on."""
+    compiled = torch.compile(eager, dynamic=True)
+
+    def run(*args):
+        if _kernels.get(name) is not run:  # already fell back
+            return eager(*args)
+        try:
+            return compiled(*args)
+        except Exception as err:
+            warnings.warn(f"diff pruning gates run eagerly: torch.compile failed ({type(err).__name__}: {err})")
+            _kernels.update(EAGER_KERNELS)
+            return eager(*args)
+
+    run.compiled = compiled
+    return run
+
+
+def _group_scale(start: int, end: int, bounds: list[int], gates: list[float] | None, like: torch.Tensor):
+    """Each entry's group gate over entries [start, end), or the scalar 1 without groups."""
+    if gates is None:
+        return torch.ones((), dtype=like.dtype, device=like.device)
+    scale = torch.empty(end - start, dtype=like.dtype, device=like.device)
+    for group, lo, hi in _segments(start, end, bounds):
+        scale[lo:hi] = gates[group]
+    return scale
+
+
 class GatedDelta(torch.autograd.Function):
     """delta = w * z(alpha, u) * z_group(group_alpha, u_group) over a flat parameter vector, in chunks.
 
@@ -119,37 +190,35 @@ class GatedDelta(torch.autograd.Function):
         ctx.bounds = bounds
         z_group = None if group_alpha is None else sample_gates(
             group_alpha.detach(), group_noise(group_alpha.numel(), seed, w.device), limits).tolist()
+        forward_chunk = _chunk_kernels(w.numel())["forward"]
         delta = torch.empty_like(w)
         for start in range(0, w.numel(), CHUNK):
             end = min(w.numel(), start + CHUNK)
-            part = sample_gates(alpha[start:end], entry_noise(start, end, seed, w.device), limits).mul_(w[start:end])
-            if z_group is not None:
-                for group, lo, hi in _segments(start, end, bounds):
-                    part[lo:hi] *= z_group[group]
-            delta[start:end] = part
+            u = entry_noise(start, end, seed, w.device).to(w.dtype)
+            delta[start:end] = forward_chunk(alpha[start:end], u, w[start:end],
+                                             _group_scale(start, end, bounds, z_group, w), *limits)
         return delta
 
     @staticmethod
     def backward(ctx, grad):
         w, alpha, group_alpha = ctx.saved_tensors
         grad_w, grad_alpha = torch.empty_like(w), torch.empty_like(alpha)
-        grad_group = None
+        grad_group, gates = None, None
         if group_alpha is not None:
             z_group, slope_group = _gate_and_slope(group_alpha, group_noise(group_alpha.numel(), ctx.seed, w.device),
                                                    ctx.limits)
             gates = z_group.tolist()
             group_sums = [0.0] * group_alpha.numel()
+        backward_chunk = _chunk_kernels(w.numel())["backward"]
         for start in range(0, w.numel(), CHUNK):
             end = min(w.numel(), start + CHUNK)
-            z, slope = _gate_and_slope(alpha[start:end], entry_noise(start, end, ctx.seed, w.device), ctx.limits)
-            g_w = grad[start:end] * w[start:end]
-            if group_alpha is not None:
+            u = entry_noise(start, end, ctx.seed, w.device).to(w.dtype)
+            to_group, grad_alpha[start:end], grad_w[start:end] = backward_chunk(
+                alpha[start:end], u, w[start:end], grad[start:end], _group_scale(start, end, ctx.bounds, gates, w),
+                *ctx.limits)
+            if gates is not None:
                 for group, lo, hi in _segments(start, end, ctx.bounds):
-                    group_sums[group] += float(torch.dot(g_w[lo:hi], z[lo:hi]))
-                    z[lo:hi] *= gates[group]
-                    slope[lo:hi] *= gates[group]
-            grad_alpha[start:end] = g_w.mul_(slope)
-            grad_w[start:end] = z.mul_(grad[start:end])
+                    group_sums[group] += float(to_group[lo:hi].sum())
         if group_alpha is not None:
             grad_group = torch.tensor(group_sums, dtype=group_alpha.dtype, device=group_alpha.device) * slope_group
         return grad_w, grad_alpha, grad_group, None, None, None
@@ -163,29 +232,27 @@ class ExpectedL0(torch.autograd.Function):
         ctx.limits, ctx.group_sizes = limits, group_sizes
         ctx.save_for_backward(alpha, group_alpha)
         with torch.no_grad():
-            return reference_expected_l0(alpha, limits, group_alpha, group_sizes)
+            p = open_probability(alpha, limits)
+            if group_alpha is None:
+                return p.sum()
+            ctx.per_group = torch.stack([part.sum() for part in p.split(group_sizes)])  # kept for backward: tiny
+            return (open_probability(group_alpha, limits) * ctx.per_group).sum()
 
     @staticmethod
     def backward(ctx, grad):
         alpha, group_alpha = ctx.saved_tensors
         shift = math.log(-ctx.limits[0] / ctx.limits[1])
         grad_alpha = torch.empty_like(alpha)
-        grad_group = None
+        grad_group, group_open = None, None
+        bounds = [0, *itertools.accumulate(ctx.group_sizes)] if group_alpha is not None else None
         if group_alpha is not None:
             p_group = torch.sigmoid(group_alpha - shift)
-            bounds = [0, *itertools.accumulate(ctx.group_sizes)]
             group_open = p_group.tolist()
-            per_group = [0.0] * group_alpha.numel()
+        penalty_chunk = _chunk_kernels(alpha.numel())["penalty"]
         for start in range(0, alpha.numel(), CHUNK):
             end = min(alpha.numel(), start + CHUNK)
-            p = torch.sigmoid(alpha[start:end] - shift)
-            slope = (1 - p).mul_(p)
-            if group_alpha is not None:
-                for group, lo, hi in _segments(start, end, bounds):
-                    per_group[group] += float(p[lo:hi].sum())
-                    slope[lo:hi] *= group_open[group]
-            grad_alpha[start:end] = slope.mul_(grad)
+            grad_alpha[start:end] = penalty_chunk(alpha[start:end], _group_scale(start, end, bounds, group_open, alpha),
+                                                  grad, shift)
         if group_alpha is not None:
-            per_group = torch.tensor(per_group, dtype=group_alpha.dtype, device=group_alpha.device)
-            grad_group = grad * per_group * p_group * (1 - p_group)
+            grad_group = grad * ctx.per_group * p_group * (1 - p_group)
         return grad_alpha, grad_group, None, None
