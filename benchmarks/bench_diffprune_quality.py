@@ -24,7 +24,10 @@ def parse_variant(text: str) -> tuple[str, str, float | None, dict]:
     overrides = {}
     for item in filter(None, settings.split(",")):
         key, _, value = item.partition("=")
-        overrides[key] = float(value)
+        try:
+            overrides[key] = float(value)
+        except ValueError:  # a choice such as projection_gates=expected
+            overrides[key] = value
     return name, preset, overrides.pop("learning_rate", None), overrides
 
 
