@@ -19,10 +19,10 @@ class Backbone:
     model: object
     tokenizer: object
     name_or_path: str
-    mode: str  # "classify" | "multiple_choice" | "text_to_text"
+    mode: str  # "classify" | "multiple_choice" | "text_to_text" | "extractive_qa" | "seq2seq" | "multi_label"
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # the "newly initialized head" report is expected for every task head
@@ -49,7 +49,7 @@ def load_backbone(name_or_path: str | None, task) -> Backbone:
     from transformers import (AutoModelForMultipleChoice, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
                               AutoTokenizer)
 
-    _quiet_transformers()
+    quiet_transformers()
     path, config = load_model_config(name_or_path)
     if config.is_encoder_decoder:
         model, mode = AutoModelForSeq2SeqLM.from_pretrained(path), "text_to_text"

@@ -58,13 +58,21 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    custom = parser.add_argument_group("your own data (CSV, TSV or JSONL with a header / keys)")
-    custom.add_argument("--train-file", help="train on this file instead of a registered task")
+    custom = parser.add_argument_group(
+        "your own data (CSV, TSV or JSONL with a header / keys), or the files of squad (SQuAD .json/.jsonl) and "
+        "xsum / wmt16_en_ro / wmt16_ro_en (JSONL or TSV)")
+    custom.add_argument("--train-file", help="train on this file instead of the hub / --data-dir copy")
     custom.add_argument("--validation-file", help="default: a seeded 10 %% of the training file")
     custom.add_argument("--test-file", help="default: the validation file")
-    custom.add_argument("--text-columns", help="one or two column names, comma-separated")
-    custom.add_argument("--label-column", default="label")
-    custom.add_argument("--task-kind", default="classification", choices=("classification", "regression"))
+    custom.add_argument("--text-columns", help="your own task: one or two column names, comma-separated")
+    custom.add_argument("--label-column", help="your own task: the label column (default 'label'; 'labels' for multi_label)")
+    custom.add_argument("--task-kind", default="classification", choices=("classification", "regression", "multi_label"),
+                        help="your own task: multi_label reads a list of label names per row (JSONL)")
+    parser.add_argument("--generate", action="append", default=[], metavar="KEY=VALUE",
+                        help="xsum / wmt16: decoding and length settings, e.g. --generate num_beams=1 (repeatable; "
+                             "max_source_length, max_target_length, num_beams, min_length, max_length, "
+                             "no_repeat_ngram_size, length_penalty)")
+    parser.add_argument("--doc-stride", type=int, help="squad: context tokens shared by consecutive windows (default: max length / 3)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a design-config field, e.g. --set attn_bn=8 (repeatable)")
 
@@ -97,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--module", required=True)
     evaluate.add_argument("--task")
     evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--file", help="evaluate on this labelled file, in the task's format (your own tasks, squad, xsum, wmt16)")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--protocol", default="dev_as_test")
     evaluate.add_argument("--model", help="the backbone (default: the one named in the module)")
@@ -157,21 +166,16 @@ def cmd_train(args) -> int:
         return _train_each(args, options)
     if "," in args.task or getattr(args, "multitask", False):
         return _train_multitask(args, options)
-    custom = None
-    if args.train_file:
-        if not args.text_columns:
-            raise ConfigError("--train-file needs --text-columns (one or two column names, comma-separated)")
-        custom = {"train_file": args.train_file, "validation_file": args.validation_file, "test_file": args.test_file,
-                  "text_columns": args.text_columns.split(","), "label_column": args.label_column,
-                  "kind": args.task_kind, "name": "custom" if args.task == DEFAULT_TASK else args.task}
-    name = custom["name"] if custom else args.task
+    custom = _custom_data(args)
+    name = custom.get("name", args.task) if custom else args.task
     output = args.output_dir or f"runs/{name}-{args.method}-seed{args.seed}"
     results = train_task(args.task, args.method, args.model, args.data_dir, output, options, _parse_set(args.set),
                          resume=args.resume, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr),
-                         custom=custom, sources=getattr(args, "sources", None))
+                         custom=custom, sources=getattr(args, "sources", None), generation=_generation(args),
+                         doc_stride=args.doc_stride)
     if not results.get("main_process", True):  # several processes: the first one reports
         return 0
-    metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in results["metrics"].items() if k != "main_score")
+    metrics = ", ".join(f"{k} {_percent(k, v)}" for k, v in results["metrics"].items() if k != "main_score")
     print(f"\n{results['task']} / {results['method']}: test {metrics}")
     print(f"trainable parameters: {results['trainable_params']:,} ({results['trainable_percent']:.3f} % of "
           f"{results['backbone_params']:,}) + head {results['head_params']:,}; trained in {results['train_seconds']:.0f} s")
@@ -180,6 +184,51 @@ def cmd_train(args) -> int:
           f"({results['full_model_bytes'] / results['stored_bytes']:.0f}x smaller)")
     print(f"results: {Path(output) / 'results.json'}")
     return 0
+
+
+def _percent(metric: str, value: float) -> str:
+    return f"{value:.2f}" if metric == "bleu" else f"{100 * value:.2f}"  # BLEU is on sacreBLEU's 0-100 scale already
+
+
+def _custom_data(args) -> dict | None:
+    """The files of a file-format task (squad, xsum, wmt16) or of the user's own task, as train_task's ``custom``."""
+    from .errors import ConfigError
+    from .taskio import is_file_format_task
+
+    files = {"train_file": args.train_file, "validation_file": args.validation_file, "test_file": args.test_file}
+    if is_file_format_task(args.task):
+        if args.text_columns or args.label_column:
+            raise ConfigError(f"--task {args.task}: its files have a fixed layout; --text-columns and --label-column "
+                              "are for your own tasks")
+        return files if args.train_file else None
+    if not args.train_file:
+        if args.validation_file or args.test_file:
+            raise ConfigError("--validation-file / --test-file need --train-file")
+        return None
+    if not args.text_columns:
+        raise ConfigError("--train-file needs --text-columns (one or two column names, comma-separated)")
+    label = args.label_column or ("labels" if args.task_kind == "multi_label" else "label")
+    return {**files, "text_columns": args.text_columns.split(","), "label_column": label, "kind": args.task_kind,
+            "name": "custom" if args.task == DEFAULT_TASK else args.task}
+
+
+def _generation(args) -> dict | None:
+    """--generate KEY=VALUE pairs (numbers), with --max-length as the source length of a seq2seq task."""
+    from .errors import ConfigError
+    from .tasks.generation import SEQ2SEQ_TASKS
+
+    settings = {}
+    for pair in args.generate:
+        key, sep, raw = pair.partition("=")
+        try:
+            settings[key] = json.loads(raw) if sep else None
+        except json.JSONDecodeError:
+            settings[key] = None
+        if not isinstance(settings[key], (int, float)) or isinstance(settings[key], bool):
+            raise ConfigError(f"--generate {pair!r}: expected KEY=NUMBER")
+    if args.max_length and args.task.lower() in SEQ2SEQ_TASKS:
+        settings.setdefault("max_source_length", args.max_length)
+    return settings or None
 
 
 def _train_multitask(args, options) -> int:
@@ -238,7 +287,8 @@ def _train_each(args, options) -> int:
 def cmd_evaluate(args) -> int:
     from .training import evaluate_module
 
-    metrics = evaluate_module(args.module, args.task, args.data_dir, args.split, args.protocol, model=args.model)
+    metrics = evaluate_module(args.module, args.task, args.data_dir, args.split, args.protocol, model=args.model,
+                              file=args.file)
     print(json.dumps(metrics, indent=1, sort_keys=True))
     return 0
 
@@ -310,15 +360,21 @@ def cmd_bench(args) -> int:
 
 
 def cmd_tasks(args) -> int:
+    from .taskio import ExtractiveQAIO
     from .tasks import get_task, list_tasks
+    from .tasks.generation import SEQ2SEQ_TASKS
 
     rows = [{"name": n, "benchmark": s.benchmark, "kind": s.kind, "labels": list(s.label_names), "metrics": list(s.metrics),
              "main_metric": s.main_metric} for n, s in ((n, get_task(n)) for n in list_tasks())]
+    rows.append({"name": "squad", "benchmark": "squad", "kind": ExtractiveQAIO.kind, "labels": [],
+                 "metrics": list(ExtractiveQAIO.metrics), "main_metric": ExtractiveQAIO.main_metric})
+    rows += [{"name": n, "benchmark": t.name.split("_")[0], "kind": "seq2seq", "labels": [], "metrics": list(t.metrics),
+              "main_metric": t.main_metric} for n, t in SEQ2SEQ_TASKS.items()]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     for r in rows:
-        labels = ", ".join(r["labels"]) or "(regression)"
+        labels = ", ".join(r["labels"]) or ("(regression)" if r["kind"] == "regression" else "")
         print(f"{r['name']:<15}{r['benchmark']:<10}{r['kind']:<17}{', '.join(r['metrics']):<30}{labels}")
     return 0
 

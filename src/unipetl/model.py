@@ -339,8 +339,27 @@ class PetlModel(nn.Module):
         if self.diff is not None:  # theta_pre + delta, without writing into the frozen backbone
             return torch.func.functional_call(self.model, self._diffed_parameters(), args, kwargs, strict=False)
         if self.prompt is not None:
-            kwargs = self._with_prompt(kwargs)
+            return self._forward_with_prompt(args, kwargs)
         return self.model(*args, **kwargs)
+
+    def _forward_with_prompt(self, args, kwargs):
+        kwargs = self._with_prompt(kwargs)
+        # Extractive QA: span scores are over the input tokens, so the loss is taken after the prompt's
+        # positions are dropped (the head would otherwise also normalise over the prompt).
+        starts, ends = kwargs.pop("start_positions", None), kwargs.pop("end_positions", None)
+        out = self.model(*args, **kwargs)
+        if getattr(out, "start_logits", None) is None:
+            return out
+        n = self.prompt.embedding.shape[0]
+        start_logits, end_logits = out.start_logits[:, n:], out.end_logits[:, n:]
+        loss = None
+        if starts is not None and ends is not None:
+            ignored = start_logits.size(1)  # as the span heads do: targets past the input are ignored
+            ce = nn.functional.cross_entropy
+            loss = (ce(start_logits, starts.clamp(0, ignored), ignore_index=ignored)
+                    + ce(end_logits, ends.clamp(0, ignored), ignore_index=ignored)) / 2
+        return type(out)(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                         hidden_states=out.hidden_states, attentions=out.attentions)
 
     def generate(self, **kwargs):
         if self.diff is not None:

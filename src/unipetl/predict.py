@@ -68,11 +68,11 @@ def predict_examples(petl, backbone, spec, examples, max_length: int = 128, batc
 
 
 def predict_file(module_dir: str, input_path: str, output_path: str | None = None, model: str | None = None) -> list[dict]:
-    from .training import load_module
+    from .training import load_task_module
 
-    petl, backbone, spec, info = load_module(module_dir, model)
-    examples = read_inputs(input_path, spec)
-    predictions = predict_examples(petl, backbone, spec, examples, info.get("max_length", 128))
+    petl, backbone, io, info = load_task_module(module_dir, model)
+    examples = io.read_inputs(input_path)
+    predictions = io.predict(petl, backbone, examples, info.get("max_length", 128))
     text = "".join(json.dumps(p) + "\n" for p in predictions)
     if output_path:
         Path(output_path).write_text(text)

@@ -195,6 +195,14 @@ def check_backbone(model, header: dict, directory) -> None:
         raise ModuleFormatError(
             f"{directory} was trained on a {expected.get('model_type')!r} backbone, got {model.config.model_type!r}")
     if backbone_fingerprint(model) != expected.get("fingerprint"):
+        recorded, actual = expected.get("architecture"), type(model).__name__
+        if recorded and recorded != actual and not (recorded.endswith("ForQuestionAnswering")
+                                                    == actual.endswith("ForQuestionAnswering")):
+            # Same checkpoint, other task type: QA models drop the pooler, so the backbones differ.
+            raise ModuleFormatError(
+                f"{directory} was trained with a {recorded} and this is a {actual}: extractive-QA models carry no "
+                f"pooler, so modules (and ScaLearn/AdapterFusion sources) do not cross between QA and "
+                f"classification-type tasks")
         raise ModuleFormatError(
             f"{directory} was trained on another backbone checkpoint (fingerprint "
             f"{str(expected.get('fingerprint'))[:12]}...); load it onto the backbone it was trained on")

@@ -29,8 +29,8 @@ from .errors import ConfigError, DataError
 from .model import PetlModel, get_petl_model
 from .presets import default_learning_rate
 from .storage import PROTOTYPE_FILE, save_family
-from .tasks import (compute_metrics, custom_splits, custom_task_spec, get_task, main_score, make_splits,
-                    parse_text_target, record_predictions)
+from .taskio import ClassificationIO, MultiLabelIO, TaskIO, is_file_format_task, task_io_for, task_io_from_header
+from .tasks import (compute_metrics, get_task, main_score, make_splits, parse_text_target, record_predictions)
 
 RESULTS_FILE = "results.json"
 MODULE_DIR = "module"
@@ -71,6 +71,10 @@ class TrainOptions:
 class PetlTrainer(Seq2SeqTrainer):
     task_batch_sampler = None  # multi-task: one task per batch (multitask.TaskBatchSampler)
     task_evals: list | None = None  # multi-task: (task name, eval dataset, metrics function) per task
+    generation_kwargs: dict = {}  # the task's decoding settings (beam, lengths, n-gram blocking) for every evaluation
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix="test", **kwargs):
+        return super().predict(test_dataset, ignore_keys, metric_key_prefix, **{**self.generation_kwargs, **kwargs})
 
     def get_train_dataloader(self):
         if self.task_batch_sampler is None:
@@ -81,6 +85,7 @@ class PetlTrainer(Seq2SeqTrainer):
         return self.accelerator.prepare(loader)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **kwargs):
+        kwargs = {**self.generation_kwargs, **kwargs}
         if self.task_evals is None or eval_dataset is not None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kwargs)
         metrics, scores = {}, []
@@ -95,6 +100,14 @@ class PetlTrainer(Seq2SeqTrainer):
         metrics[f"{metric_key_prefix}_main_score"] = float(np.mean(scores))
         self.log({f"{metric_key_prefix}_main_score": metrics[f"{metric_key_prefix}_main_score"]})
         return metrics
+
+    def _pad_tensors_to_max_len(self, tensor, max_length):
+        # Generated ids are padded with the backbone's pad id (the Trainer looks on the wrapper's config).
+        config = self.accelerator.unwrap_model(self.model).model.config
+        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        padded = torch.full((tensor.shape[0], max_length), pad, dtype=tensor.dtype, device=tensor.device)
+        padded[:, :tensor.shape[-1]] = tensor
+        return padded
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -181,12 +194,13 @@ def _precision_flags(precision: str) -> dict:
 
 
 def training_arguments(options: TrainOptions, output_dir: Path, learning_rate: float, train_size: int,
-                       text_to_text: bool, select_best: bool = True) -> Seq2SeqTrainingArguments:
-    """``select_best=False``: no evaluation, no checkpoints, the run ends with its last state."""
+                       task_arguments: dict | None = None, select_best: bool = True) -> Seq2SeqTrainingArguments:
+    """``task_arguments``: the task type's own settings (generation, label smoothing; TaskIO.trainer_arguments).
+    ``select_best=False``: no evaluation, no checkpoints, the run ends with its last state."""
     steps_per_epoch = math.ceil(train_size / options.batch_size)
     total = options.max_steps if options.max_steps > 0 else math.ceil(steps_per_epoch * options.epochs)
     every = max(1, min(steps_per_epoch, total))  # evaluate and checkpoint once per epoch
-    return Seq2SeqTrainingArguments(
+    arguments = dict(
         output_dir=str(output_dir / CHECKPOINT_DIR),
         num_train_epochs=options.epochs, max_steps=options.max_steps,
         learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=options.warmup_ratio,
@@ -197,36 +211,59 @@ def training_arguments(options: TrainOptions, output_dir: Path, learning_rate: f
         load_best_model_at_end=select_best, metric_for_best_model="main_score", greater_is_better=True,
         logging_steps=options.logging_steps, report_to=[], disable_tqdm=not options.progress,
         seed=options.seed, data_seed=options.seed, remove_unused_columns=False, label_names=["labels"],
-        predict_with_generate=text_to_text, generation_max_length=16,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         # Without a GPU, torchrun's processes join one gloo process group only when told to use the CPU.
         use_cpu=not torch.cuda.is_available(), **_precision_flags(options.precision))
+    return Seq2SeqTrainingArguments(**{**arguments, **(task_arguments or {})})
 
 
-def build_trainer(petl: PetlModel, backbone: Backbone, task, splits: dict, options: TrainOptions,
+def build_trainer(petl: PetlModel, backbone: Backbone, io: TaskIO, options: TrainOptions,
                   output_dir: Path, learning_rate: float, select_best: bool = True,
                   encoded: dict | None = None) -> tuple[PetlTrainer, dict]:
-    encoded = encoded or {name: encode(examples, task, backbone.tokenizer, backbone.mode, options.max_length)
-                          for name, examples in splits.items()}
-    args = training_arguments(options, output_dir, learning_rate, len(encoded["train"]), backbone.mode == "text_to_text",
+    """A trainer over ``io``'s splits; ``encoded`` reuses the features of an earlier stage (diff pruning)."""
+    encoded = encoded or encode_splits(io, backbone, options.max_length)
+    args = training_arguments(options, output_dir, learning_rate, len(encoded["train"]), io.trainer_arguments(backbone),
                               select_best)
     callbacks = [EarlyStoppingCallback(options.early_stopping_patience)] if options.early_stopping_patience else []
     trainer = PetlTrainer(model=petl, args=args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
-                          data_collator=collator_for(backbone.mode, backbone.tokenizer),
-                          compute_metrics=metrics_function(task, backbone.mode, backbone.tokenizer, splits["validation"]),
+                          data_collator=io.collator(backbone), compute_metrics=io.metrics_function("validation", backbone),
                           callbacks=callbacks)
+    trainer.generation_kwargs = io.generation_kwargs()
     return trainer, encoded
 
 
-def evaluate_split(trainer: PetlTrainer, dataset, task, backbone: Backbone, examples) -> dict[str, float]:
+def encode_splits(io: TaskIO, backbone: Backbone, max_length: int) -> dict:
+    """Features of every split; evaluated splits that are the same list (dev as test) are encoded once.
+
+    Training features may differ from evaluation features (QA windows), so train is never shared."""
+    encoded, seen = {}, {}
+    for name, examples in io.splits.items():
+        if name != "train" and id(examples) in seen:
+            encoded[name] = encoded[seen[id(examples)]]
+            continue
+        if name != "train":
+            seen[id(examples)] = name
+        encoded[name] = io.encode(name, backbone, max_length)
+    return encoded
+
+
+def evaluate_split(trainer: PetlTrainer, dataset, io: TaskIO, backbone: Backbone, split: str) -> dict[str, float]:
     previous = trainer.compute_metrics
-    trainer.compute_metrics = metrics_function(task, backbone.mode, backbone.tokenizer, examples)
+    trainer.compute_metrics = io.metrics_function(split, backbone)
     try:
         output = trainer.predict(dataset, metric_key_prefix="test")
     finally:
         trainer.compute_metrics = previous
-    return {k[len("test_"):]: v for k, v in output.metrics.items()
-            if not k.startswith(("test_runtime", "test_samples", "test_steps", "test_loss"))}
+    return task_metrics(output.metrics, "test_")
+
+
+TRAINER_FIGURES = ("runtime", "samples_per_second", "steps_per_second", "loss", "model_preparation_time")
+
+
+def task_metrics(trainer_metrics: dict, prefix: str) -> dict[str, float]:
+    """The task's metrics among the Trainer's figures (timings and loss left out), without the prefix."""
+    return {k[len(prefix):]: v for k, v in trainer_metrics.items()
+            if k.startswith(prefix) and k[len(prefix):] not in TRAINER_FIGURES}
 
 
 def full_model_bytes(model: torch.nn.Module) -> int:
@@ -240,10 +277,8 @@ def write_json_atomically(path: Path, payload: dict) -> None:
 
 
 def task_metadata(spec, backbone: Backbone, options: TrainOptions, metrics: dict, **extra) -> dict:
-    """What a task module's header records about its task, so evaluate/predict can rebuild it."""
-    return {"name": spec.name, "kind": spec.kind, "label_names": list(spec.label_names), "mode": backbone.mode,
-            "benchmark": spec.benchmark, "text_fields": list(spec.text_fields), "model": backbone.name_or_path,
-            "max_length": options.max_length, "test_metrics": metrics, **extra}
+    """What a task module's header records about a registry task, so evaluate/predict can rebuild it."""
+    return {**ClassificationIO(spec).header(backbone, options.max_length, metrics), **extra}
 
 
 def device_name() -> str:
@@ -279,11 +314,14 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
                output_dir: str = "runs/unipetl", options: TrainOptions | None = None,
                overrides: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
                log=print, callbacks: list | None = None, custom: dict | None = None,
-               sources: list | None = None) -> dict:
+               sources: list | None = None, generation: dict | None = None, doc_stride: int | None = None) -> dict:
     """Train ``method`` on ``task``, evaluate on the test split, save the task module and results.json.
 
-    ``custom`` trains on the user's own files instead: keys of `tasks.custom_splits` (train_file,
-    text_columns, label_column, kind, validation_file, test_file). Every input is checked (task,
+    ``task``: a GLUE/SuperGLUE name, ``squad`` (extractive QA) or a seq2seq task (xsum, wmt16_en_ro,
+    wmt16_ro_en). ``custom`` trains on the user's own files instead: train_file, validation_file,
+    test_file, and for their own task text_columns, label_column, kind (classification, regression,
+    multi_label) and name (see `taskio.task_io_for`). ``generation`` overrides a seq2seq task's
+    decoding settings; ``doc_stride`` sets QA's window overlap. Every input is checked (task,
     preset, config overrides, data files) before the output
     directory is created; a run that fails afterwards removes the directory it created. An
     interrupted run keeps its checkpoints: run again with ``resume=True``.
@@ -301,23 +339,16 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
         config = PetlConfig.from_preset(method, **(overrides or {}))
     out = Path(output_dir)
     check_output_dir(out, resume, overwrite)
-    if custom:
-        spec, splits = custom_splits(**custom, seed=options.seed)
-        if options.max_train_samples:
-            splits["train"] = splits["train"][: options.max_train_samples]
-        if options.max_validation_samples and splits["validation"] is not splits["test"]:
-            splits["validation"] = splits["validation"][: options.max_validation_samples]
-    else:
-        spec = get_task(task)
-        splits = make_splits(spec, data_dir, options.protocol, options.seed, options.max_train_samples,
-                             options.max_validation_samples)
+    io = task_io_for(task, data_dir, options.protocol, options.seed, options.max_train_samples,
+                     options.max_validation_samples, custom, generation, doc_stride)
+    splits = io.splits
     for name in ("train", "validation", "test"):
         if not splits.get(name):
-            raise DataError(f"task {spec.name!r}: the {name} split is empty (protocol {options.protocol!r}, data {data_dir})")
+            raise DataError(f"task {io.name!r}: the {name} split is empty (protocol {options.protocol!r}, data {data_dir})")
     if resume and config.param_source == "gated_diff":
         raise ConfigError("--resume is not available for diff pruning (its stages run in one go); start the run again")
     set_seed(options.seed)  # head and method initialisation (adapters, LoRA, mask scores) are part of the seeded run
-    backbone = load_backbone(model, spec)
+    backbone = io.load_backbone(model)
     if config.param_source == "scaled_mixture":
         petl = get_transfer_model(backbone.model, sources, method, **(overrides or {}))
         config = petl.config
@@ -330,36 +361,35 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
         start = time.perf_counter()
         stage_results = {}
         if petl.diff is not None:
-            trainer, encoded, stage_results = train_diff_pruning(petl, backbone, spec, splits, options, out,
-                                                                 learning_rate, callbacks, log)
+            trainer, encoded, stage_results = train_diff_pruning(petl, backbone, io, options, out, learning_rate,
+                                                                 callbacks, log)
         else:
-            trainer, encoded = build_trainer(petl, backbone, spec, splits, options, out, learning_rate)
+            trainer, encoded = build_trainer(petl, backbone, io, options, out, learning_rate)
             for callback in callbacks or []:
                 trainer.add_callback(callback)
             report = petl.report()
             if trainer.is_world_process_zero():
-                log(f"{spec.name}: {config.preset} on {backbone.name_or_path} | train {len(splits['train'])}, "
+                log(f"{io.name}: {config.preset} on {backbone.name_or_path} | train {len(splits['train'])}, "
                     f"validation {len(splits['validation'])}, test {len(splits['test'])} | "
                     f"trainable {report['trainable_params']:,} (+ head {report['head_params']:,}) | lr {learning_rate:g}")
             checkpoint = resume and any((out / CHECKPOINT_DIR).glob("checkpoint-*"))
             trainer.train(resume_from_checkpoint=True if checkpoint else None)
         train_seconds = time.perf_counter() - start
-        metrics = evaluate_split(trainer, encoded["test"], spec, backbone, splits["test"])
-        extra_tests = {name: evaluate_split(trainer, encoded[name], spec, backbone, splits[name])
+        metrics = evaluate_split(trainer, encoded["test"], io, backbone, "test")
+        extra_tests = {name: evaluate_split(trainer, encoded[name], io, backbone, name)
                        for name in splits if name.startswith("test_")}
         if splits["validation"] is splits["test"]:  # dev_as_test: the same examples, no second pass
             validation = dict(metrics)
         else:
-            validation = {k[len("eval_"):]: v for k, v in trainer.evaluate().items()
-                          if k.startswith("eval_") and not k.startswith(("eval_runtime", "eval_samples", "eval_steps"))}
-        task_info = task_metadata(spec, backbone, options, metrics)
+            validation = task_metrics(trainer.evaluate(), "eval_")
+        task_info = io.header(backbone, options.max_length, metrics)
         if not trainer.is_world_process_zero():  # several processes (torchrun / accelerate): one writes
-            return {"task": spec.name, "metrics": metrics, "main_process": False}
+            return {"task": io.name, "metrics": metrics, "main_process": False}
         petl.save(out / MODULE_DIR, task=task_info)
         report = petl.report()
         results = {
-            "task": spec.name, "method": config.preset, "model": backbone.name_or_path, "metrics": metrics,
-            "main_score": main_score(spec, metrics), "validation_metrics": validation, **extra_tests,
+            "task": io.name, "task_kind": io.kind, "method": config.preset, "model": backbone.name_or_path,
+            "metrics": metrics, "main_score": io.main_score(metrics), "validation_metrics": validation, **extra_tests,
             "trainable_params": report["trainable_params"], "head_params": report["head_params"],
             "backbone_params": report["backbone_params"], "trainable_percent": report["trainable_percent"],
             "stored_bytes": report["stored_bytes"], "full_model_bytes": full_model_bytes(petl.model),
@@ -386,7 +416,7 @@ def split_budget(options: TrainOptions, first_fraction: float) -> tuple[TrainOpt
             replace(options, epochs=options.epochs * (1 - first_fraction)))
 
 
-def train_diff_pruning(petl: PetlModel, backbone: Backbone, spec, splits: dict, options: TrainOptions, out: Path,
+def train_diff_pruning(petl: PetlModel, backbone: Backbone, io: TaskIO, options: TrainOptions, out: Path,
                        learning_rate: float, callbacks, log) -> tuple[PetlTrainer, dict, dict]:
     """Diff pruning's three stages in one run (ALGORITHMS.md §4.3), sharing the training budget.
 
@@ -396,10 +426,9 @@ def train_diff_pruning(petl: PetlModel, backbone: Backbone, spec, splits: dict, 
     """
     cfg = petl.config
     l0_options, fixed_options = split_budget(options, cfg.diff_l0_fraction)
-    trainer, encoded = build_trainer(petl, backbone, spec, splits, l0_options, out / "l0_stage", learning_rate,
-                                     select_best=False)
+    trainer, encoded = build_trainer(petl, backbone, io, l0_options, out / "l0_stage", learning_rate, select_best=False)
     if trainer.is_world_process_zero():
-        log(f"{spec.name}: diffprune on {backbone.name_or_path} | train {len(splits['train'])} | L0 stage: "
+        log(f"{io.name}: diffprune on {backbone.name_or_path} | train {len(io.splits['train'])} | L0 stage: "
             f"{petl.diff.layout.total:,} gated entries, lr {learning_rate:g} (gates {cfg.gate_learning_rate:g}), "
             f"lambda {cfg.l0_penalty:g}")
     trainer.train()
@@ -412,8 +441,7 @@ def train_diff_pruning(petl: PetlModel, backbone: Backbone, spec, splits: dict, 
             f"expected L0 after stage 1: {expected_l0:,.0f}")
         log(f"fixed-mask stage: lr {cfg.fixmask_learning_rate:g}")
     shutil.rmtree(out / "l0_stage", ignore_errors=True)
-    trainer, encoded = build_trainer(petl, backbone, spec, splits, fixed_options, out, cfg.fixmask_learning_rate,
-                                     encoded=encoded)
+    trainer, encoded = build_trainer(petl, backbone, io, fixed_options, out, cfg.fixmask_learning_rate, encoded=encoded)
     for callback in callbacks or []:
         trainer.add_callback(callback)
     trainer.train()
@@ -421,40 +449,52 @@ def train_diff_pruning(petl: PetlModel, backbone: Backbone, spec, splits: dict, 
 
 
 # ----------------------------------------------------------------------- using a saved module
-def load_module(module_dir: str, model: str | None = None):
-    """(PetlModel, Backbone, task spec) of a saved task module, on the backbone named in its header."""
+def load_task_module(module_dir: str, model: str | None = None):
+    """(PetlModel, Backbone, TaskIO without splits, task metadata) of a saved module, on the backbone in its header."""
     from .storage import load_petl_model, read_module
 
     header, _ = read_module(module_dir)
     task_info = header.get("task") or {}
     if "name" not in task_info:
         raise DataError(f"{module_dir}: the module header names no task; it was not written by `unipetl train`")
-    if task_info.get("benchmark") == "custom" and task_info["name"] != "polarity":
-        spec = custom_task_spec(task_info["name"], task_info["kind"], task_info["label_names"], task_info["text_fields"])
-    else:
-        spec = get_task(task_info["name"])
-    backbone = load_backbone(model or task_info.get("model"), spec)
+    io = task_io_from_header(task_info)
+    backbone = io.load_backbone(model or task_info.get("model"))
     petl = load_petl_model(backbone.model, module_dir).eval()
-    return petl, backbone, spec, task_info
+    return petl, backbone, io, task_info
+
+
+def load_module(module_dir: str, model: str | None = None):
+    """(PetlModel, Backbone, task, metadata): the task is the TaskSpec for registry tasks, else the TaskIO."""
+    petl, backbone, io, task_info = load_task_module(module_dir, model)
+    return petl, backbone, getattr(io, "spec", io), task_info
 
 
 def evaluate_module(module_dir: str, task: str | None = None, data_dir: str | None = None, split: str = "test",
-                    protocol: str = "dev_as_test", seed: int = 42, batch_size: int = 64, model: str | None = None) -> dict:
-    petl, backbone, spec, info = load_module(module_dir, model)
-    if task is not None and get_task(task).name != spec.name:
-        raise DataError(f"{module_dir} was trained for task {spec.name!r}, not {task!r}")
-    splits = make_splits(spec, data_dir, protocol, seed)
-    if split not in splits:
-        raise DataError(f"unknown split {split!r} for task {spec.name!r}; valid: {', '.join(splits)}")
-    if not splits[split]:
-        raise DataError(f"task {spec.name!r}: the {split} split is empty")
+                    protocol: str = "dev_as_test", seed: int = 42, batch_size: int = 64, model: str | None = None,
+                    file: str | None = None) -> dict:
+    """Metrics of a saved module on a split of its task, or on ``file`` (in the task's own format)."""
+    petl, backbone, io, info = load_task_module(module_dir, model)
+    if task is not None and task.lower() != io.name:
+        raise DataError(f"{module_dir} was trained for task {io.name!r}, not {task!r}")
+    if file:  # the file is the test split, read with this module's label set
+        examples, split = io.load_file(file), "test"
+    else:
+        if getattr(io, "spec", None) is not None and io.spec.benchmark == "custom" and io.name != "polarity" \
+                or isinstance(io, MultiLabelIO):
+            raise DataError(f"{module_dir} was trained on your own files (task {io.name!r}); give the data with --file")
+        splits = task_io_for(io.name, data_dir, protocol, seed).splits
+        if split not in splits:
+            raise DataError(f"unknown split {split!r} for task {io.name!r}; valid: {', '.join(splits)}")
+        examples = splits[split]
+    if not examples:
+        raise DataError(f"task {io.name!r}: the {split} split is empty")
+    io.splits = {"train": examples, "validation": examples, split: examples}
     options = TrainOptions(eval_batch_size=batch_size, max_length=info.get("max_length", 128), progress=False)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, encoded = build_trainer(petl, backbone, spec, {"train": splits[split], "validation": splits[split],
-                                                                split: splits[split]}, options, Path(tmp), 1e-4)
-        return evaluate_split(trainer, encoded[split], spec, backbone, splits[split])
+        trainer, encoded = build_trainer(petl, backbone, io, options, Path(tmp), 1e-4)
+        return evaluate_split(trainer, encoded[split], io, backbone, split)
 
 
 # ----------------------------------------------------------------------- multi-task training
@@ -476,6 +516,10 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     config = PetlConfig.from_preset(method, **(overrides or {}))
     if config.param_source == "gated_diff":
         raise ConfigError("diff pruning trains one task at a time (a diff per task); run `unipetl train` per task")
+    for name in tasks:
+        if is_file_format_task(name):
+            raise ConfigError(f"multi-task training takes GLUE/SuperGLUE tasks; {name!r} has its own task type "
+                              "(train it alone with `unipetl train`)")
     specs = [get_task(t) for t in tasks]
     out = Path(output_dir)
     check_output_dir(out, resume, overwrite)
@@ -499,7 +543,8 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
         encoded = {s.name: {part: encode(ex, s, b.tokenizer, b.mode, options.max_length) for part, ex in splits[s.name].items()}
                    for s, b in zip(specs, backbones)}
         train_sets = [encoded[s.name]["train"] for s in specs]
-        args = training_arguments(options, out, learning_rate, sum(len(d) for d in train_sets), backbones[0].mode == "text_to_text")
+        args = training_arguments(options, out, learning_rate, sum(len(d) for d in train_sets),
+                                  ClassificationIO(specs[0]).trainer_arguments(backbones[0]))
         # eval_dataset only satisfies the Trainer's check: evaluate() scores every task (task_evals).
         trainer = PetlTrainer(model=joint, args=args, train_dataset=concat_tagged(train_sets),
                               eval_dataset=TaggedDataset(encoded[specs[0].name]["validation"], 0),
@@ -518,8 +563,8 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
         test_metrics = {}
         for i, (s, b) in enumerate(zip(specs, backbones)):  # every process takes part in prediction
             petl.set_task(s.name)
-            test_metrics[s.name] = evaluate_split(trainer, TaggedDataset(encoded[s.name]["test"], i), s, b,
-                                                  splits[s.name]["test"])
+            test_metrics[s.name] = evaluate_split(trainer, TaggedDataset(encoded[s.name]["test"], i),
+                                                  ClassificationIO(s, splits[s.name]), b, "test")
         if not trainer.is_world_process_zero():  # several processes (torchrun / accelerate): one writes
             return {"tasks": [s.name for s in specs], "per_task": test_metrics, "main_process": False}
         per_task, members = {}, {}

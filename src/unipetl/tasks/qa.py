@@ -63,6 +63,15 @@ def load_squad(path, *, training: bool) -> list[QAExample]:
     return examples
 
 
+def qa_examples_from_rows(rows, where: str, training: bool) -> list[QAExample]:
+    """Questions from rows in the Hugging Face ``squad`` layout (a hub split or parsed JSONL)."""
+    examples = [_flat_example(dict(row), f"{where}: row {i}", training) for i, row in enumerate(rows)]
+    if not examples:
+        raise DataError(f"{where}: no questions")
+    _refuse_duplicate_ids(examples, where)
+    return examples
+
+
 def _nested_examples(document: Any, path, training: bool):
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise DataError(f"{path}: expected the SQuAD layout {{\"data\": [...]}} at the top level "
