@@ -6,10 +6,10 @@ Temperature 1, log-odds ``alpha`` used directly, stretch limits (l, r):
 The deterministic gate (the Louizos estimator, used at evaluation by default) replaces s by
 sigmoid(alpha); the probability that a gate is non-zero is sigmoid(alpha - log(-l / r)).
 
-`GatedDelta` computes delta = w * z * z_group for a flat vector of parameters without keeping
-anything of parameter size for the backward pass: the noise is regenerated from a seed and the
-gates recomputed chunk by chunk, so L0 training holds no sampled-gate tensors between forward and
-backward and its temporaries stay chunk-sized. `ExpectedL0` does the same for the penalty.
+`GatedDelta` computes delta = w * z * z_group for a flat vector of parameters keeping only the
+uniform noise (one float per entry, drawn from a seed) for the backward pass, where the gates are
+recomputed chunk by chunk: L0 training holds no sampled-gate tensors between forward and backward
+and its temporaries stay chunk-sized. `ExpectedL0` keeps nothing parameter-sized for the penalty.
 """
 
 from __future__ import annotations
@@ -177,9 +177,10 @@ def _group_scale(start: int, end: int, bounds: list[int], gates: list[float] | N
 class GatedDelta(torch.autograd.Function):
     """delta = w * z(alpha, u) * z_group(group_alpha, u_group) over a flat parameter vector, in chunks.
 
-    Gradients (by hand, from noise regenerated out of the seed): dw = g z z_g; dalpha = g w z_g dz/dalpha;
-    dalpha_g = sum over the group of g w z * dz_g/dalpha_g. Only w, alpha and the seed are kept for the
-    backward pass, and no temporary is larger than a chunk.
+    Gradients (by hand, from the forward pass's noise): dw = g z z_g; dalpha = g w z_g dz/dalpha;
+    dalpha_g = sum over the group of g w z * dz_g/dalpha_g. w, alpha and the noise (one float per
+    entry) are kept for the backward pass; the gates are recomputed chunk by chunk, so no other
+    temporary is larger than a chunk.
     """
 
     @staticmethod
@@ -192,11 +193,17 @@ class GatedDelta(torch.autograd.Function):
             group_alpha.detach(), group_noise(group_alpha.numel(), seed, w.device), limits).tolist()
         forward_chunk = _chunk_kernels(w.numel())["forward"]
         delta = torch.empty_like(w)
+        # The noise is kept for the backward pass (one float per entry) when requires_grad: drawing it again
+        # would cost as much as the rest of the gate math on a CPU.
+        noise = torch.empty_like(w) if ctx.needs_input_grad[0] or ctx.needs_input_grad[1] else None
         for start in range(0, w.numel(), CHUNK):
             end = min(w.numel(), start + CHUNK)
             u = entry_noise(start, end, seed, w.device).to(w.dtype)
+            if noise is not None:
+                noise[start:end] = u
             delta[start:end] = forward_chunk(alpha[start:end], u, w[start:end],
                                              _group_scale(start, end, bounds, z_group, w), *limits)
+        ctx.noise = noise
         return delta
 
     @staticmethod
@@ -212,7 +219,7 @@ class GatedDelta(torch.autograd.Function):
         backward_chunk = _chunk_kernels(w.numel())["backward"]
         for start in range(0, w.numel(), CHUNK):
             end = min(w.numel(), start + CHUNK)
-            u = entry_noise(start, end, ctx.seed, w.device).to(w.dtype)
+            u = ctx.noise[start:end]
             to_group, grad_alpha[start:end], grad_w[start:end] = backward_chunk(
                 alpha[start:end], u, w[start:end], grad[start:end], _group_scale(start, end, ctx.bounds, gates, w),
                 *ctx.limits)
