@@ -118,6 +118,9 @@ def test_xsum_cli_trains_evaluates_and_predicts_with_t5(tiny_dirs, tmp_path, cap
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["task_kind"] == "seq2seq" and set(results["metrics"]) >= {"rouge1", "rouge2", "rougeL"}
+    # §3.5's settings where the user gave none: lr 5e-5 (not the preset's 1e-3), weight decay 0.01, no warmup
+    assert results["learning_rate"] == 5e-5
+    assert results["options"]["weight_decay"] == 0.01 and results["options"]["warmup_ratio"] == 0.0
     header = json.loads((out / "module" / "unipetl_module.json").read_text())["task"]
     assert header["source_prefix"] == "summarize: " and header["generation"]["num_beams"] == 2
     assert header["generation"]["max_source_length"] == 24  # --max-length is the source length

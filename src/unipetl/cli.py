@@ -45,14 +45,15 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-train-samples", type=int, help="a seeded subset of the training split")
     parser.add_argument("--max-validation-samples", type=int,
                         help="a seeded subset of the validation split that picks the best epoch (not with --protocol dev_as_test)")
-    parser.add_argument("--learning-rate", type=float, help="default: the preset's (see `unipetl methods`)")
+    parser.add_argument("--learning-rate", type=float,
+                        help="default: the preset's (see `unipetl methods`); 5e-5 for xsum / wmt16, as §3.5")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=None, help="tokens per input (default 128; 64 for the default run)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--protocol", default="dev_as_test", help="split protocol: dev_as_test, hyperformer, scalearn")
-    parser.add_argument("--warmup-ratio", type=float, default=0.06)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--warmup-ratio", type=float, help="default 0.06 (0 for xsum / wmt16, as §3.5)")
+    parser.add_argument("--weight-decay", type=float, help="default 0 (0.01 for xsum / wmt16, as §3.5)")
     parser.add_argument("--early-stopping-patience", type=int)
     parser.add_argument("--precision", default="auto", help="fp32, fp16, bf16 or auto")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")

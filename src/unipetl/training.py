@@ -45,8 +45,8 @@ class TrainOptions:
     batch_size: int = 16
     eval_batch_size: int = 64
     max_length: int = 128
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.0
+    warmup_ratio: float | None = None  # None: the task type's default (0.06; 0 for generation, as §3.5)
+    weight_decay: float | None = None  # None: the task type's default (0.0; 0.01 for generation)
     seed: int = 42
     protocol: str = "dev_as_test"
     max_train_samples: int | None = None
@@ -64,6 +64,10 @@ class TrainOptions:
                 raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be a positive integer")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"--learning-rate={self.learning_rate} must be positive")
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay={self.weight_decay} must be zero or more")
         if self.precision not in ("fp32", "fp16", "bf16", "auto"):
             raise ConfigError(f"--precision={self.precision!r}; allowed: fp32, fp16, bf16, auto")
 
@@ -193,10 +197,18 @@ def _precision_flags(precision: str) -> dict:
     return {"fp16": precision == "fp16", "bf16": precision == "bf16"}
 
 
+def with_task_defaults(options: TrainOptions, io: TaskIO) -> TrainOptions:
+    """The options with the task type's defaults where the user left a field unset (None)."""
+    defaults = io.training_defaults()
+    return replace(options, **{k: v for k, v in defaults.items() if getattr(options, k) is None})
+
+
 def training_arguments(options: TrainOptions, output_dir: Path, learning_rate: float, train_size: int,
                        task_arguments: dict | None = None, select_best: bool = True) -> Seq2SeqTrainingArguments:
     """``task_arguments``: the task type's own settings (generation, label smoothing; TaskIO.trainer_arguments).
     ``select_best=False``: no evaluation, no checkpoints, the run ends with its last state."""
+    options = replace(options, warmup_ratio=0.06 if options.warmup_ratio is None else options.warmup_ratio,
+                      weight_decay=options.weight_decay or 0.0)
     steps_per_epoch = math.ceil(train_size / options.batch_size)
     total = options.max_steps if options.max_steps > 0 else math.ceil(steps_per_epoch * options.epochs)
     every = max(1, min(steps_per_epoch, total))  # evaluate and checkpoint once per epoch
@@ -341,6 +353,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     check_output_dir(out, resume, overwrite)
     io = task_io_for(task, data_dir, options.protocol, options.seed, options.max_train_samples,
                      options.max_validation_samples, custom, generation, doc_stride)
+    options = with_task_defaults(options, io)
     splits = io.splits
     for name in ("train", "validation", "test"):
         if not splits.get(name):

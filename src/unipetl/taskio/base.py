@@ -61,6 +61,10 @@ class TaskIO:
         """Keyword arguments for ``generate`` during evaluation (none for non-generating tasks)."""
         return {}
 
+    def training_defaults(self) -> dict[str, Any]:
+        """TrainOptions fields this task type sets when the user leaves them unset (None)."""
+        return {"learning_rate": None, "warmup_ratio": 0.06, "weight_decay": 0.0}
+
     def supports_multitask(self) -> bool:
         return False
 

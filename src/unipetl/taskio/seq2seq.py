@@ -100,6 +100,10 @@ class Seq2SeqIO(TaskIO):
                 "max_grad_norm": MAX_GRAD_NORM[self.task.kind],
                 "generation_max_length": self.settings.max_length, "generation_num_beams": self.settings.num_beams}
 
+    def training_defaults(self):
+        # §3.5 (XSum and en-ro): lr 5e-5 for every method, weight decay 0.01, no warmup.
+        return {"learning_rate": 5e-5, "warmup_ratio": 0.0, "weight_decay": 0.01}
+
     def generation_kwargs(self):
         return self.settings.generate_kwargs()
 
