@@ -151,7 +151,6 @@ def _format_bytes(n: int) -> str:
 
 
 def cmd_train(args) -> int:
-    from .errors import ConfigError
     from .training import TrainOptions, train_task
 
     default_run = args.task == DEFAULT_TASK and not args.train_file
