@@ -101,7 +101,8 @@ def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, st
     params = [p for p in model.parameters() if p.requires_grad]
     # Our models: the method's own optimizer groups (gate logits, mask scores) as `unipetl train` uses them.
     groups = model.parameter_groups(1e-4, 0.0) if spec.library == "unipetl" else params
-    optimizer = torch.optim.AdamW(groups, lr=1e-4)
+    # Fused AdamW, as `unipetl train` steps: transformers' Trainer defaults to it from torch 2.8 on.
+    optimizer = torch.optim.AdamW(groups, lr=1e-4, fused=True)
     extra_loss = getattr(model, "extra_loss", lambda: None)
     vocab = base.config.vocab_size
     batch = {"input_ids": torch.randint(1000, vocab, (batch_size, seq_len)),
