@@ -9,8 +9,8 @@ resumes an interrupted reproduction and, once every run is there, only regenerat
 benchmarks/reproduction/report.{md,csv,json,png} with `unipetl report` and copies report.md into the
 README between its reproduction markers.
 
-Fitted to a 2-core CPU (see TASKS): the large tasks train on a seeded subset of 2,000 examples for
-2 epochs with one seed; the small tasks (CB, COPA, WSC) on all their examples for 6 epochs with
+Fitted to a 2-core CPU (see TASKS): SST-2 and WiC train on a seeded subset of 2,000 examples and
+CoLA and STS-B on all their training data, for 2 epochs with one seed; the small tasks (CB, COPA, WSC) on all their examples for 6 epochs with
 three seeds. Sequence length 64 (CB 128: its premises are long). Splits follow ScaLearn's protocol:
 the official dev set is the test set and a stratified 10 % of the training data is the validation
 set that picks the best epoch (at most 1,000 examples: SST-2's would be 6,735 and is evaluated every
@@ -41,7 +41,9 @@ MARKERS = ("<!-- reproduction table: start -->", "<!-- reproduction table: end -
 # task -> (training examples or None for all, epochs, max length, seeds)
 SMALL_SEEDS = (42, 43, 44)
 TASKS = {
-    "cola": (2000, 2.0, 64, (42,)), "sst2": (2000, 2.0, 64, (42,)), "stsb": (2000, 2.0, 64, (42,)),
+    # CoLA and STS-B on all their training data: on 2,000 examples CoLA stayed at the majority class
+    # (MCC 0) even for full fine-tuning and the adapters barely learned STS-B (pearson 6-14 against 74).
+    "cola": (None, 2.0, 64, (42,)), "sst2": (2000, 2.0, 64, (42,)), "stsb": (None, 2.0, 64, (42,)),
     "wic": (2000, 2.0, 64, (42,)),
     "cb": (None, 6.0, 128, SMALL_SEEDS), "copa": (None, 6.0, 64, SMALL_SEEDS), "wsc": (None, 6.0, 64, SMALL_SEEDS),
 }
