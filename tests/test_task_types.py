@@ -322,6 +322,9 @@ def test_task_type_options_are_checked(tiny_dirs, tmp_path, capsys):
     err = _refused(capsys, "train", "--task", "xsum", "--model", tiny_dirs["t5"], "--train-file", train,
                    "--generate", "beams=2", "--output-dir", tmp_path / "out")
     assert "unknown setting" in err and "num_beams" in err
+    err = _refused(capsys, "train", "--task", "xsum", "--model", tiny_dirs["t5"], "--train-file", train,
+                   "--generate", "num_beams=2.5", "--output-dir", tmp_path / "out")
+    assert "num_beams=2.5" in err and "whole number" in err
     err = _refused(capsys, "train", "--task", "cb", "--generate", "num_beams=2", "--output-dir", tmp_path / "out")
     assert "--generate" in err and "generation tasks" in err
     err = _refused(capsys, "train", "--task", "xsum,squad", "--multitask", "--output-dir", tmp_path / "out")

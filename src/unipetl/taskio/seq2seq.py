@@ -28,7 +28,9 @@ def generation_settings(base: GenerationSettings, overrides: dict | None) -> Gen
             raise ConfigError(f"--generate {key}=...: unknown setting; valid settings: {', '.join(allowed)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"--generate {key}={value!r}: expected a non-negative number")
-    settings = replace(base, **(overrides or {}))
+        if key != "length_penalty" and value != int(value):
+            raise ConfigError(f"--generate {key}={value!r}: expected a whole number")
+    settings = replace(base, **{k: v if k == "length_penalty" else int(v) for k, v in (overrides or {}).items()})
     for key in ("max_source_length", "max_target_length", "num_beams", "max_length"):
         if int(getattr(settings, key)) < 1:
             raise ConfigError(f"--generate {key}={getattr(settings, key)}: must be at least 1")
