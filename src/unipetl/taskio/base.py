@@ -90,6 +90,22 @@ class TaskIO:
         raise NotImplementedError
 
 
+def load_backbone_with_head(model: str | None, head_class: str, mode: str, encoder_decoder: bool, refusal: str,
+                            **head_kwargs):
+    """A `Backbone` with transformers' ``head_class`` (an Auto* class name), refused with ``refusal``
+    (formatted with path and model_type) unless the model is an encoder-decoder exactly when asked."""
+    import transformers
+
+    from ..backbone import Backbone, load_model_config, quiet_transformers
+
+    quiet_transformers()
+    path, config = load_model_config(model)
+    if bool(config.is_encoder_decoder) != encoder_decoder:
+        raise ConfigError(refusal.format(path=path, model_type=config.model_type))
+    head = getattr(transformers, head_class).from_pretrained(path, **head_kwargs)
+    return Backbone(head, transformers.AutoTokenizer.from_pretrained(path), path, mode)
+
+
 # --- splits from files --------------------------------------------------------------------------
 
 def seeded_subset(items: Sequence, n: int | None, seed: int, what: str) -> list:

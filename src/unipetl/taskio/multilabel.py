@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from ..encoding import FeatureDataset
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..tasks.multilabel import (MultiLabelExample, load_multilabel, multi_hot, multilabel_features, multilabel_metrics,
                                 predict_labels)
 from ..tasks.textfiles import jsonl_records, need_text
-from .base import TaskIO, file_splits
+from .base import TaskIO, file_splits, load_backbone_with_head
 
 THRESHOLD = 0.5
 
@@ -29,19 +29,12 @@ class MultiLabelIO(TaskIO):
         self.label_column = label_column
 
     def load_backbone(self, model):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from ..backbone import Backbone, load_model_config, quiet_transformers
-
-        quiet_transformers()
-        path, config = load_model_config(model)
-        if config.is_encoder_decoder:
-            raise ConfigError(f"--model {path!r} is a {config.model_type} encoder-decoder; multi-label classification "
-                              "takes an encoder (BERT, RoBERTa/XLM-R, MPNet) with a sigmoid head")
-        head = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(self.label_names), problem_type="multi_label_classification",
+        return load_backbone_with_head(
+            model, "AutoModelForSequenceClassification", "multi_label", encoder_decoder=False,
+            refusal="--model {path!r} is a {model_type} encoder-decoder; multi-label classification takes an "
+                    "encoder (BERT, RoBERTa/XLM-R, MPNet) with a sigmoid head",
+            num_labels=len(self.label_names), problem_type="multi_label_classification",
             id2label=dict(enumerate(self.label_names)), label2id={n: i for i, n in enumerate(self.label_names)})
-        return Backbone(head, AutoTokenizer.from_pretrained(path), path, "multi_label")
 
     def encode(self, split, backbone, max_length):
         return FeatureDataset(multilabel_features(self.splits[split], backbone.tokenizer, len(self.label_names), max_length))

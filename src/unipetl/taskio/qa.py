@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from ..encoding import FeatureDataset
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..tasks.qa import (QAExample, best_answers, gold_answers, load_squad, qa_eval_features, qa_examples_from_rows,
                         qa_train_features, squad_scores)
 from ..tasks.textfiles import jsonl_records, need_text
-from .base import TaskIO
+from .base import TaskIO, load_backbone_with_head
 
 SQUAD_HUB = "rajpurkar/squad"
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
@@ -40,17 +40,10 @@ class ExtractiveQAIO(TaskIO):
         return self.doc_stride if self.doc_stride is not None else max_length // 3
 
     def load_backbone(self, model):
-        from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-        from ..backbone import Backbone, load_model_config, quiet_transformers
-
-        quiet_transformers()
-        path, config = load_model_config(model)
-        if config.is_encoder_decoder:
-            raise ConfigError(f"--model {path!r} is a {config.model_type} encoder-decoder; extractive QA takes an "
-                              "encoder (BERT, RoBERTa/XLM-R, MPNet) with a span head")
-        return Backbone(AutoModelForQuestionAnswering.from_pretrained(path), AutoTokenizer.from_pretrained(path), path,
-                        "extractive_qa")
+        return load_backbone_with_head(
+            model, "AutoModelForQuestionAnswering", "extractive_qa", encoder_decoder=False,
+            refusal="--model {path!r} is a {model_type} encoder-decoder; extractive QA takes an encoder "
+                    "(BERT, RoBERTa/XLM-R, MPNet) with a span head")
 
     def encode(self, split, backbone, max_length):
         examples = self.splits[split]

@@ -12,7 +12,7 @@ from ..errors import ConfigError, DataError
 from ..tasks.generation import (SUMMARIZATION, GenerationSettings, Seq2SeqExample, get_seq2seq_task, load_seq2seq_hub,
                                 load_summarization, load_translation, parse_direction, seq2seq_features, seq2seq_metrics)
 from ..tasks.textfiles import jsonl_records, need_text
-from .base import TaskIO, file_splits
+from .base import TaskIO, file_splits, load_backbone_with_head
 
 LABEL_SMOOTHING = 0.1  # ALGORITHMS.md §3.5, both XSum and en-ro
 MAX_GRAD_NORM = {SUMMARIZATION: 0.1, "translation": 1.0}  # §3.5: XSum clips at 0.1, en-ro at 1.0
@@ -52,18 +52,13 @@ class Seq2SeqIO(TaskIO):
         self.source_prefix = ""
 
     def load_backbone(self, model):
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-        from ..backbone import Backbone, load_model_config, quiet_transformers
-
-        quiet_transformers()
-        path, config = load_model_config(model)
-        if not config.is_encoder_decoder:
-            raise ConfigError(f"task {self.name!r} generates text: it needs an encoder-decoder (T5, BART), but "
-                              f"--model {path!r} is a {config.model_type} encoder")
+        backbone = load_backbone_with_head(
+            model, "AutoModelForSeq2SeqLM", "seq2seq", encoder_decoder=True,
+            refusal=f"task {self.name!r} generates text: it needs an encoder-decoder (T5, BART), but "
+                    "--model {path!r} is a {model_type} encoder")
         # T5 was pretrained with task prefixes; BART takes the bare source.
-        self.source_prefix = self._t5_prefix() if config.model_type in ("t5", "mt5") else ""
-        return Backbone(AutoModelForSeq2SeqLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), path, "seq2seq")
+        self.source_prefix = self._t5_prefix() if backbone.model.config.model_type in ("t5", "mt5") else ""
+        return backbone
 
     def _t5_prefix(self) -> str:
         if self.task.kind == SUMMARIZATION:
