@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -15,7 +16,7 @@ from unipetl.diff import (GatedDiff, TaskDiff, decode_indices, diff_layout, enco
                           project_to_density)
 from unipetl import gates
 from unipetl.errors import ConfigError, ModuleFormatError
-from unipetl.gates import GatedDelta, deterministic_gates, expected_l0, sample_gates, uniform_noise
+from unipetl.gates import deterministic_gates, expected_l0, gated_diff, sample_gates, uniform_noise
 from unipetl.storage import load_petl_model
 
 LIMITS = (-1.5, 1.5)
@@ -65,8 +66,21 @@ def test_gate_samples_follow_the_hard_concrete_distribution():
     assert float((z == 1).float().mean()) == pytest.approx(p_one, abs=4e-3)
 
 
-@pytest.mark.parametrize("chunk", [2**20, 5])  # one chunk, and chunks that cut through the groups
-def test_gated_delta_uses_the_seeded_noise_and_its_hand_gradients_equal_autograd(chunk, monkeypatch):
+def test_hashed_noise_is_uniform_and_independent_across_entries_and_seeds():
+    u = uniform_noise(200_000, seed=5).double()
+    eps = float(torch.tensor(gates.NOISE_EPS))  # in float32, as drawn
+    assert float(u.min()) >= eps and float(u.max()) <= 1 - eps
+    assert scipy.stats.kstest(u.numpy(), "uniform").pvalue > 1e-3
+    other_seed = uniform_noise(200_000, seed=6).double()
+    neighbours = torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1]
+    across_seeds = torch.corrcoef(torch.stack([u, other_seed]))[0, 1]
+    assert abs(float(neighbours)) < 0.01 and abs(float(across_seeds)) < 0.01  # 4.5 standard errors
+    assert torch.equal(u, uniform_noise(200_000, seed=5).double())  # a pure function of (index, seed)
+
+
+@pytest.mark.parametrize("chunk", [2**20, 5])  # one chunk, and chunks that cut through the tensors
+def test_gated_diff_uses_the_seeded_noise_and_its_hand_gradients_equal_autograd(chunk, monkeypatch):
+    """Deltas, the fused expected-L0 penalty and all their gradients against plain autograd on the same noise."""
     monkeypatch.setattr(gates, "CHUNK", chunk)
     torch.manual_seed(0)
     sizes = [5, 7, 4]
@@ -74,18 +88,37 @@ def test_gated_delta_uses_the_seeded_noise_and_its_hand_gradients_equal_autograd
     alpha = (torch.randn(16, dtype=torch.float64) * 2).requires_grad_()
     group = torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(16, dtype=torch.float64)
-    delta = GatedDelta.apply(w, alpha, group, 1234, LIMITS, sizes)
-    (delta * upstream).sum().backward()
+    parts, penalty = gated_diff(w, alpha, group, 1234, LIMITS, sizes)
+    delta = torch.cat(parts)
+    ((delta * upstream).sum() + 0.7 * penalty).backward()
     # The same computation with plain autograd on the same noise.
     u = gates.full_entry_noise(16, 1234).double()
     u_group = gates.group_noise(3, 1234).double()
     w2, alpha2, group2 = (t.detach().clone().requires_grad_() for t in (w, alpha, group))
     reference = w2 * torch_reference_gates(alpha2, u) * torch.repeat_interleave(torch_reference_gates(group2, u_group),
                                                                                torch.tensor(sizes))
-    (reference * upstream).sum().backward()
+    sig = torch.sigmoid  # P(z != 0) with l = -r
+    reference_penalty = sum(sig(group2[g]) * sig(part).sum() for g, part in enumerate(alpha2.split(sizes)))
+    ((reference * upstream).sum() + 0.7 * reference_penalty).backward()
     assert torch.allclose(delta, reference.detach(), atol=1e-12)
+    assert float(penalty.detach()) == pytest.approx(float(reference_penalty.detach()), rel=1e-12)
     for ours, theirs in ((w, w2), (alpha, alpha2), (group, group2)):
         assert torch.allclose(ours.grad, theirs.grad, atol=1e-6)
+
+
+def test_gated_diff_adds_the_delta_to_the_bases_in_their_shapes_and_leaves_them_alone():
+    torch.manual_seed(1)
+    bases = [torch.randn(2, 3), torch.randn(4)]
+    before = [b.clone() for b in bases]
+    w, alpha = torch.randn(10, requires_grad=True), torch.randn(10, requires_grad=True)
+    with_bases, penalty = gated_diff(w, alpha, None, 77, LIMITS, [6, 4], bases)
+    deltas, same_penalty = gated_diff(w, alpha, None, 77, LIMITS, [6, 4])
+    for out, delta, base, original in zip(with_bases, deltas, bases, before):
+        assert out.shape == base.shape and torch.equal(base, original)
+        assert torch.allclose(out, original + delta.view(base.shape))
+    assert float(penalty) == float(same_penalty) == pytest.approx(float(torch.sigmoid(alpha).sum()))
+    with_bases[0].sum().backward()  # an unused output (the second tensor) contributes no gradient to w
+    assert torch.count_nonzero(w.grad[6:]) == 0 and torch.count_nonzero(w.grad[:6]) > 0
 
 
 def test_expected_l0_equals_its_closed_form_and_the_mean_number_of_non_zeros():
@@ -102,17 +135,6 @@ def test_expected_l0_equals_its_closed_form_and_the_mean_number_of_non_zeros():
     zg = sample_gates(group.expand(n, 2), torch.rand(n, 2, dtype=torch.float64) * 0.9998 + 1e-4, LIMITS)
     nonzero = ((z * torch.repeat_interleave(zg, torch.tensor([5, 7]), dim=1)) != 0).sum(1).double().mean()
     assert float(nonzero) == pytest.approx(float(joint), rel=0.02)
-    # Its hand backward equals autograd through the plain formula, also across chunks.
-    for chunk in (2**20, 5):
-        gates.CHUNK, saved = chunk, gates.CHUNK
-        try:
-            a, g = alpha.clone().requires_grad_(), group.clone().requires_grad_()
-            expected_l0(a, LIMITS, g, [5, 7]).backward()
-            a2, g2 = alpha.clone().requires_grad_(), group.clone().requires_grad_()
-            (sig(g2[0]) * sig(a2[:5]).sum() + sig(g2[1]) * sig(a2[5:]).sum()).backward()
-            assert torch.allclose(a.grad, a2.grad) and torch.allclose(g.grad, g2.grad)
-        finally:
-            gates.CHUNK = saved
     # Unequal limits: P(z != 0) = sigmoid(alpha - log(-l / r)).
     assert float(expected_l0(alpha, (-0.1, 1.1))) == pytest.approx(float(sig(alpha - math.log(0.1 / 1.1)).sum()))
 
@@ -154,6 +176,30 @@ def test_diff_starts_as_the_backbone_and_training_changes_only_diff_gates_and_he
         if name not in head:
             assert torch.equal(value, after[name]), f"backbone tensor {name} changed"
     assert bool(petl.diff.weight.detach().any())
+
+
+def test_training_penalty_comes_from_the_forward_pass_and_is_never_stale():
+    """extra_loss() after a training forward returns that pass's fused expected L0 (with gradients to the
+    gate logits); after the logits change, or outside training, it is computed afresh."""
+    model = tiny_model("bert")
+    batch = tiny_batch("bert")
+    petl = get_petl_model(model, PetlConfig.from_preset("diffprune"))
+    diff = petl.diff
+    with torch.no_grad():
+        diff.gate_logits.normal_()
+    petl.train()
+    loss = petl(**batch).loss
+    penalty = diff.expected_l0()
+    closed_form = expected_l0(diff.gate_logits, diff.limits, diff.group_gate_logits, diff.layout.sizes)
+    assert float(penalty) == pytest.approx(float(closed_form), rel=1e-5)
+    (loss + penalty).backward()
+    assert bool(diff.gate_logits.grad.any()) and bool(diff.group_gate_logits.grad.any())
+    petl(**batch)  # a pass whose penalty is not used before the logits change
+    with torch.no_grad():
+        diff.gate_logits.sub_(1.0)
+    fresh = expected_l0(diff.gate_logits, diff.limits, diff.group_gate_logits, diff.layout.sizes)
+    assert float(diff.expected_l0()) == pytest.approx(float(fresh), rel=1e-6)
+    assert float(fresh) < float(closed_form)
 
 
 def test_projection_hits_the_target_density_within_one_parameter():
@@ -403,8 +449,8 @@ def test_compiled_gate_kernels_equal_the_eager_ones(monkeypatch):
     def run():
         for t in (w, alpha, group):
             t.grad = None
-        delta = GatedDelta.apply(w, alpha, group, 99, LIMITS, sizes)
-        penalty = expected_l0(alpha, LIMITS, group, sizes)
+        parts, penalty = gated_diff(w, alpha, group, 99, LIMITS, sizes)
+        delta = torch.cat(parts)
         ((delta * upstream).sum() + 0.3 * penalty).backward()
         return [delta.detach(), penalty.detach(), w.grad.clone(), alpha.grad.clone(), group.grad.clone()]
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ModuleFormatError
-from .gates import (GatedDelta, deterministic_gates, expected_l0, full_entry_noise, group_noise, open_probability,
+from .gates import (deterministic_gates, expected_l0, full_entry_noise, gated_diff, group_noise, open_probability,
                     sample_gates)
 
 
@@ -47,14 +47,34 @@ class GatedDiff(nn.Module):
         self.weight = nn.Parameter(torch.zeros(layout.total))
         self.gate_logits = nn.Parameter(torch.full((layout.total,), float(alpha_init)))
         self.group_gate_logits = nn.Parameter(torch.full((len(layout.sizes),), float(alpha_init))) if structured else None
+        self._fused_penalty = None  # (expected L0, gate logits' versions) from the last training pass
+
+    def _step_seed(self) -> int:
+        return int(torch.randint(1, 2**62, (1,)).item())  # from the seeded global generator
 
     def delta(self) -> torch.Tensor:
+        """The flat diff: a fresh gate sample in training, the evaluation gate otherwise."""
         if self.training:
-            seed = int(torch.randint(1, 2**62, (1,)).item())  # from the seeded global generator
-            return GatedDelta.apply(self.weight, self.gate_logits, self.group_gate_logits, seed, self.limits,
-                                    self.layout.sizes)
+            parts, _ = gated_diff(self.weight, self.gate_logits, self.group_gate_logits, self._step_seed(), self.limits,
+                                  self.layout.sizes)
+            return torch.cat(parts)
         with torch.no_grad():
             return self.weight * self.gate_values(self.eval_gates)
+
+    def diffed(self, bases: list[torch.Tensor]) -> list[torch.Tensor]:
+        """theta_pre + delta for each diffed tensor. In training the gates are sampled and the same pass
+        computes the expected-L0 penalty, which the next `expected_l0` call returns."""
+        if not self.training:
+            return add_flat_delta(bases, self.delta(), self.layout)
+        outputs, penalty = gated_diff(self.weight, self.gate_logits, self.group_gate_logits, self._step_seed(),
+                                      self.limits, self.layout.sizes, bases)
+        self._fused_penalty = (penalty, self._gate_versions())
+        return outputs
+
+    def _gate_versions(self) -> tuple:
+        # An optimizer step changes the logits in place and bumps these: a kept penalty is then stale.
+        return (self.gate_logits._version,
+                None if self.group_gate_logits is None else self.group_gate_logits._version)
 
     @torch.no_grad()
     def gate_values(self, mode: str) -> torch.Tensor:
@@ -76,6 +96,11 @@ class GatedDiff(nn.Module):
         return z
 
     def expected_l0(self) -> torch.Tensor:
+        """The expected-L0 penalty: the one computed with the last training pass's gates when the logits
+        have not changed since (once), else computed afresh."""
+        fused, self._fused_penalty = self._fused_penalty, None
+        if fused is not None and fused[1] == self._gate_versions() and torch.is_grad_enabled():
+            return fused[0]
         return expected_l0(self.gate_logits, self.limits, self.group_gate_logits, self.layout.sizes)
 
 
@@ -93,9 +118,16 @@ class SparseDiff(nn.Module):
         return torch.zeros(self.layout.total, dtype=self.values.dtype, device=self.values.device).index_put(
             (self.indices,), self.values)
 
+    def diffed(self, bases: list[torch.Tensor]) -> list[torch.Tensor]:
+        return add_flat_delta(bases, self.delta(), self.layout)
+
     @property
     def nnz(self) -> int:
         return int(self.indices.numel())
+
+
+def add_flat_delta(bases: list[torch.Tensor], delta: torch.Tensor, layout: FlatLayout) -> list[torch.Tensor]:
+    return [base + part.view(base.shape).to(base.dtype) for base, part in zip(bases, delta.split(layout.sizes))]
 
 
 # ----------------------------------------------------------------------- projection (stage 2)

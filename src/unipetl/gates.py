@@ -6,16 +6,15 @@ Temperature 1, log-odds ``alpha`` used directly, stretch limits (l, r):
 The deterministic gate (the Louizos estimator, used at evaluation by default) replaces s by
 sigmoid(alpha); the probability that a gate is non-zero is sigmoid(alpha - log(-l / r)).
 
-`GatedDelta` computes delta = w * z * z_group for a flat vector of parameters keeping only the
-uniform noise (one float per entry, drawn from a seed) for the backward pass, where the gates are
-recomputed chunk by chunk: L0 training holds no sampled-gate tensors between forward and backward
-and its temporaries stay chunk-sized. `ExpectedL0` keeps nothing parameter-sized for the penalty.
+`gated_diff` gives, for every backbone tensor, theta_pre + w * z * z_group and, in the same pass, the
+expected-L0 penalty. The uniform noise u is a hash of (entry index, step seed), so nothing
+parameter-sized is drawn or stored: the backward pass recomputes the gates from the index. On large
+diffs both passes run as one compiled kernel per tensor; that keeps the L0 stage's step near full
+fine-tuning's on a CPU, where eager PyTorch would make a dozen passes over 22 M entries.
 """
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import math
 import os
 import warnings
@@ -23,13 +22,48 @@ import warnings
 import torch
 
 NOISE_EPS = 1e-4
+_MASK32 = 0xFFFFFFFF
+_GROUP_STREAM = 0x2545F491  # xor-ed into the seed: the group gates' noise is another stream
 
 
-def uniform_noise(n: int, seed: int, device=None) -> torch.Tensor:
-    """u ~ U(eps, 1 - eps), reproducible from ``seed``."""
-    generator = torch.Generator(device=device or "cpu").manual_seed(seed)
-    u = torch.rand(n, generator=generator, device=device)
-    return u.mul_(1 - 2 * NOISE_EPS).add_(NOISE_EPS)
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply); constants below 2**31 keep every product inside int64."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x5BD1E995) & _MASK32
+    return x ^ (x >> 16)
+
+
+def hashed_uniform(index: torch.Tensor, seed_low, seed_high, dtype=torch.float32) -> torch.Tensor:
+    """u ~ U(eps, 1 - eps) per int64 ``index``, a pure function of (index, seed): 24 random bits each."""
+    x = _mix32(_mix32((index & _MASK32) ^ seed_low) ^ seed_high ^ (index >> 32))
+    return (x >> 8).to(dtype) * (1.0 - 2 * NOISE_EPS) / 2**24 + NOISE_EPS
+
+
+def _seed_halves(seed: int) -> tuple[int, int]:
+    return seed & _MASK32, (seed >> 32) & _MASK32
+
+
+def uniform_noise(n: int, seed: int, device=None, stream: int = 0) -> torch.Tensor:
+    """The noise of entries 0..n-1 for ``seed`` (what `gated_diff` draws for the flat diff's entries),
+    hashed chunk by chunk: the int64 temporaries would be eight times the result's size."""
+    low, high = _seed_halves(seed)
+    out = torch.empty(n, device=device)
+    for start in range(0, n, CHUNK):
+        index = torch.arange(start, min(n, start + CHUNK), device=device)
+        out[start:start + index.numel()] = hashed_uniform(index, low, high ^ stream)
+    return out
+
+
+def full_entry_noise(n: int, seed: int, device=None) -> torch.Tensor:
+    """The per-entry noise `gated_diff` uses with ``seed`` (for tests and the sampled evaluation gate)."""
+    return uniform_noise(n, seed, device)
+
+
+def group_noise(n: int, seed: int, device=None) -> torch.Tensor:
+    """The noise of the ``n`` group (per-tensor) gates for ``seed``."""
+    return uniform_noise(n, seed, device, stream=_GROUP_STREAM)
 
 
 def sample_gates(alpha: torch.Tensor, u: torch.Tensor, limits: tuple[float, float]) -> torch.Tensor:
@@ -51,16 +85,11 @@ def open_probability(alpha: torch.Tensor, limits: tuple[float, float]) -> torch.
 
 def expected_l0(alpha: torch.Tensor, limits: tuple[float, float], group_alpha: torch.Tensor | None = None,
                 group_sizes: list[int] | None = None) -> torch.Tensor:
-    """Expected number of non-zero diff entries (see `reference_expected_l0`), with a chunked backward."""
-    return ExpectedL0.apply(alpha, group_alpha, limits, group_sizes)
-
-
-def reference_expected_l0(alpha: torch.Tensor, limits: tuple[float, float], group_alpha: torch.Tensor | None = None,
-                          group_sizes: list[int] | None = None) -> torch.Tensor:
     """Expected number of non-zero diff entries.
 
     Unstructured: sum_i P(z_i != 0). Structured (joint gating, the paper's form): an entry is non-zero
     only when both its own gate and its tensor's gate are open, so sum_g P(z_g != 0) * sum_{i in g} P(z_i != 0).
+    Training takes this term from `gated_diff`'s fused pass; this plain form serves everything else.
     """
     p = open_probability(alpha, limits)
     if group_alpha is None:
@@ -79,62 +108,46 @@ def _gate_and_slope(alpha: torch.Tensor, u: torch.Tensor, limits: tuple[float, f
     return stretched.clamp_(0.0, 1.0), slope
 
 
-CHUNK = 2**20  # entries per chunk: temporaries of the gated diff stay this small
+CHUNK = 2**20  # entries per eager chunk: the eager math's temporaries stay this small
 
 
-def entry_noise(start: int, end: int, seed: int, device=None) -> torch.Tensor:
-    """The per-entry noise of entries [start, end) (chunk-aligned ``start``); chunk k draws from seed + k."""
-    return uniform_noise(end - start, seed + start // CHUNK, device)
+def _gate_terms(alpha, first, seed_low, seed_high, low: float, high: float, shift: float):
+    """(s, stretched s, p) for consecutive entries from index ``first``; p = P(z != 0).
+
+    One exp serves both: s = sigmoid(logit(u) + alpha) = u / (u + (1 - u) e^-alpha) and
+    p = sigmoid(alpha - shift) = 1 / (1 + e^-alpha e^shift).
+    """
+    index = first + torch.arange(alpha.shape[0], device=alpha.device)
+    u = hashed_uniform(index, seed_low, seed_high, alpha.dtype)
+    decay = torch.exp(-alpha)
+    s = u / (u + (1 - u) * decay)
+    return s, s * (high - low) + low, 1 / (1 + decay * math.exp(shift))
 
 
-def group_noise(n: int, seed: int, device=None) -> torch.Tensor:
-    return uniform_noise(n, seed - 1, device)
+def _forward_kernel(alpha, w, base, first, seed_low, seed_high, group_gate, low: float, high: float, shift: float):
+    """base + w * z * z_group for one tensor's entries, and the sum of their P(z != 0)."""
+    _, stretched, p = _gate_terms(alpha, first, seed_low, seed_high, low, high, shift)
+    return base + w * stretched.clamp(0.0, 1.0) * group_gate, p.sum()
 
 
-def full_entry_noise(n: int, seed: int, device=None) -> torch.Tensor:
-    """The noise `GatedDelta` uses for all ``n`` entries (for tests and the sampled evaluation gate)."""
-    return torch.cat([entry_noise(i, min(n, i + CHUNK), seed, device) for i in range(0, n, CHUNK)] or [torch.zeros(0)])
-
-
-def _segments(start: int, end: int, bounds: list[int]):
-    """(group, local start, local end) for each group (parameter tensor) overlapping entries [start, end)."""
-    first = bisect.bisect_right(bounds, start) - 1
-    for group in range(first, len(bounds) - 1):
-        if bounds[group] >= end:
-            break
-        yield group, max(bounds[group], start) - start, min(bounds[group + 1], end) - start
-
-
-def _forward_chunk(alpha, u, w, scale, low: float, high: float):
-    """w * z * scale for one chunk (scale: each entry's group gate, or 1)."""
-    s = torch.sigmoid(torch.logit(u) + alpha)
-    return (s * (high - low) + low).clamp(0.0, 1.0) * w * scale
-
-
-def _backward_chunk(alpha, u, w, grad, scale, low: float, high: float):
-    """(g * w * z for the group sums, dalpha, dw) for one chunk; dz/dalpha = 1[0 < s_bar < 1] (r - l) s (1 - s)."""
-    s = torch.sigmoid(torch.logit(u) + alpha)
-    stretched = s * (high - low) + low
+def _backward_kernel(grad_w_out, grad_alpha_out, alpha, w, grad, first, seed_low, seed_high, group_gate, group_open,
+                     grad_l0, low: float, high: float, shift: float):
+    """Writes dw = g z z_g and dalpha = g w z_g dz/dalpha + dL0 P(z_g != 0) p (1 - p) in place; returns
+    sum(g w z), the tensor's share of its group gate's gradient. dz/dalpha = 1[0 < s_bar < 1] (r - l) s (1 - s)."""
+    s, stretched, p = _gate_terms(alpha, first, seed_low, seed_high, low, high, shift)
     z = stretched.clamp(0.0, 1.0)
     slope = torch.where((stretched > 0) & (stretched < 1), (high - low) * s * (1 - s), torch.zeros_like(s))
     g_w = grad * w
-    return g_w * z, g_w * slope * scale, grad * z * scale
+    grad_w_out.copy_(grad * z * group_gate)
+    grad_alpha_out.copy_(g_w * group_gate * slope + grad_l0 * group_open * p * (1 - p))
+    return (g_w * z).sum()
 
 
-# Large diffs (a whole backbone) run the chunk math as fused kernels: eager PyTorch makes a dozen
-# passes over each chunk, and these passes dominate diff pruning's step time on a CPU. Compiling
-# takes ~20 s once per process, so small diffs (tests, tiny models) stay eager.
+# Large diffs (a whole backbone) run the kernels compiled: eager PyTorch makes a dozen passes over each
+# tensor. Compiling takes ~20 s once per process, so small diffs (tests, tiny models) stay eager.
 COMPILE_MIN_ENTRIES = 4_000_000
+EAGER_KERNELS = {"forward": _forward_kernel, "backward": _backward_kernel}
 _kernels: dict[str, object] = {}
-
-
-def _penalty_slope_chunk(alpha, scale, grad, shift: float):
-    """d E[L0] / d alpha for one chunk: grad * P(z_group != 0) * p (1 - p), p = sigmoid(alpha - shift)."""
-    p = torch.sigmoid(alpha - shift)
-    return p * (1 - p) * scale * grad
-
-
-EAGER_KERNELS = {"forward": _forward_chunk, "backward": _backward_chunk, "penalty": _penalty_slope_chunk}
 
 
 def _chunk_kernels(total: int) -> dict:
@@ -164,102 +177,100 @@ def _compiled_or_eager(name: str, eager):
     return run
 
 
-def _group_scale(start: int, end: int, bounds: list[int], gates: list[float] | None, like: torch.Tensor):
-    """Each entry's group gate over entries [start, end), or the scalar 1 without groups."""
-    if gates is None:
-        return torch.ones((), dtype=like.dtype, device=like.device)
-    scale = torch.empty(end - start, dtype=like.dtype, device=like.device)
-    for group, lo, hi in _segments(start, end, bounds):
-        scale[lo:hi] = gates[group]
-    return scale
+def _pieces(sizes, kernels):
+    """(tensor, global start, local start, local end) pieces: whole tensors for the compiled kernels
+    (they keep no temporaries), CHUNK-sized pieces for the eager math."""
+    offset = 0
+    for group, size in enumerate(sizes):
+        step = size if kernels is not EAGER_KERNELS else CHUNK
+        for lo in range(0, size, max(step, 1)):
+            yield group, offset, lo, min(size, lo + step)
+        offset += size
 
 
-class GatedDelta(torch.autograd.Function):
-    """delta = w * z(alpha, u) * z_group(group_alpha, u_group) over a flat parameter vector, in chunks.
+def _scalar(value, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    return torch.tensor(value, dtype=dtype or like.dtype, device=like.device)
 
-    Gradients (by hand, from the forward pass's noise): dw = g z z_g; dalpha = g w z_g dz/dalpha;
-    dalpha_g = sum over the group of g w z * dz_g/dalpha_g. w, alpha and the noise (one float per
-    entry) are kept for the backward pass; the gates are recomputed chunk by chunk, so no other
-    temporary is larger than a chunk.
+
+class GatedDiffFunction(torch.autograd.Function):
+    """Per tensor: base + w * z(alpha, u) * z_group(group_alpha, u_group); last output: the expected L0.
+
+    Gradients by hand: dw = g z z_g; dalpha = g w z_g dz/dalpha (+ the penalty's); dalpha_g = the sum over
+    its tensor of g w z * dz_g/dalpha_g (+ the penalty's). Only w, alpha and the group logits are kept for
+    the backward pass: the noise is recomputed from the entry index and the seed.
     """
 
     @staticmethod
-    def forward(ctx, w, alpha, group_alpha, seed: int, limits, group_sizes):
-        ctx.seed, ctx.limits = seed, limits
+    def forward(ctx, w, alpha, group_alpha, seed: int, limits, sizes, *bases):
+        ctx.set_materialize_grads(False)
+        ctx.seed, ctx.limits, ctx.sizes = seed, tuple(limits), list(sizes)
         ctx.save_for_backward(w, alpha, group_alpha)
-        bounds = [0, *itertools.accumulate(group_sizes)]
-        ctx.bounds = bounds
-        z_group = None if group_alpha is None else sample_gates(
-            group_alpha.detach(), group_noise(group_alpha.numel(), seed, w.device), limits).tolist()
-        forward_chunk = _chunk_kernels(w.numel())["forward"]
-        delta = torch.empty_like(w)
-        # The noise is kept for the backward pass (one float per entry) when requires_grad: drawing it again
-        # would cost as much as the rest of the gate math on a CPU.
-        noise = torch.empty_like(w) if ctx.needs_input_grad[0] or ctx.needs_input_grad[1] else None
-        for start in range(0, w.numel(), CHUNK):
-            end = min(w.numel(), start + CHUNK)
-            u = entry_noise(start, end, seed, w.device).to(w.dtype)
-            if noise is not None:
-                noise[start:end] = u
-            delta[start:end] = forward_chunk(alpha[start:end], u, w[start:end],
-                                             _group_scale(start, end, bounds, z_group, w), *limits)
-        ctx.noise = noise
-        return delta
+        low, high = ctx.limits
+        shift = math.log(-low / high)
+        seed_low, seed_high = (_scalar(v, w, torch.int64) for v in _seed_halves(seed))
+        z_group, group_open = _group_gates(group_alpha, seed, ctx.limits, len(sizes), w)
+        ctx.group_open = group_open
+        kernels = _chunk_kernels(w.numel())
+        zero = torch.zeros((), dtype=w.dtype, device=w.device)
+        pieces = [[] for _ in sizes]
+        open_sums = [[] for _ in sizes]
+        for group, offset, lo, hi in _pieces(sizes, kernels):
+            base = bases[group].reshape(-1)[lo:hi] if bases else zero
+            start, end = offset + lo, offset + hi
+            out, open_sum = kernels["forward"](alpha[start:end], w[start:end], base, _scalar(start, w, torch.int64),
+                                               seed_low, seed_high, z_group[group], low, high, shift)
+            pieces[group].append(out)
+            open_sums[group].append(open_sum)
+        ctx.per_group = torch.stack([torch.stack(parts).sum() if parts else zero for parts in open_sums])
+        penalty = (group_open * ctx.per_group).sum()
+        outputs = [parts[0] if len(parts) == 1 else torch.cat(parts) if parts else w.new_zeros(0) for parts in pieces]
+        if bases:  # the backbone's shapes and dtype (a bf16 backbone gets bf16 tensors)
+            outputs = [out.view(base.shape).to(base.dtype) for out, base in zip(outputs, bases)]
+        return (*outputs, penalty)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         w, alpha, group_alpha = ctx.saved_tensors
+        *grad_outputs, grad_penalty = grads
+        low, high = ctx.limits
+        shift = math.log(-low / high)
+        seed_low, seed_high = (_scalar(v, w, torch.int64) for v in _seed_halves(ctx.seed))
+        z_group, _ = _group_gates(group_alpha, ctx.seed, ctx.limits, len(ctx.sizes), w)
+        zero = torch.zeros((), dtype=w.dtype, device=w.device)
+        grad_penalty = zero if grad_penalty is None else grad_penalty
+        kernels = _chunk_kernels(w.numel())
         grad_w, grad_alpha = torch.empty_like(w), torch.empty_like(alpha)
-        grad_group, gates = None, None
+        to_group = [[] for _ in ctx.sizes]
+        for group, offset, lo, hi in _pieces(ctx.sizes, kernels):
+            grad = grad_outputs[group]
+            grad = zero if grad is None else grad.reshape(-1)[lo:hi]
+            start, end = offset + lo, offset + hi
+            to_group[group].append(kernels["backward"](
+                grad_w[start:end], grad_alpha[start:end], alpha[start:end], w[start:end], grad,
+                _scalar(start, w, torch.int64), seed_low, seed_high, z_group[group], ctx.group_open[group],
+                grad_penalty, low, high, shift))
+        grad_group = None
         if group_alpha is not None:
-            z_group, slope_group = _gate_and_slope(group_alpha, group_noise(group_alpha.numel(), ctx.seed, w.device),
-                                                   ctx.limits)
-            gates = z_group.tolist()
-            group_sums = [0.0] * group_alpha.numel()
-        backward_chunk = _chunk_kernels(w.numel())["backward"]
-        for start in range(0, w.numel(), CHUNK):
-            end = min(w.numel(), start + CHUNK)
-            u = ctx.noise[start:end]
-            to_group, grad_alpha[start:end], grad_w[start:end] = backward_chunk(
-                alpha[start:end], u, w[start:end], grad[start:end], _group_scale(start, end, ctx.bounds, gates, w),
-                *ctx.limits)
-            if gates is not None:
-                for group, lo, hi in _segments(start, end, ctx.bounds):
-                    group_sums[group] += float(to_group[lo:hi].sum())
-        if group_alpha is not None:
-            grad_group = torch.tensor(group_sums, dtype=group_alpha.dtype, device=group_alpha.device) * slope_group
-        return grad_w, grad_alpha, grad_group, None, None, None
+            _, slope_group = _gate_and_slope(group_alpha.detach(), group_noise(group_alpha.numel(), ctx.seed, w.device),
+                                             ctx.limits)
+            sums = torch.stack([torch.stack(parts).sum() if parts else zero for parts in to_group])
+            p_group = ctx.group_open
+            grad_group = sums * slope_group + grad_penalty * ctx.per_group * p_group * (1 - p_group)
+        return (grad_w, grad_alpha, grad_group, None, None, None, *[None] * (len(grads) - 1))
 
 
-class ExpectedL0(torch.autograd.Function):
-    """`reference_expected_l0` without keeping a parameter-sized sigmoid for the backward pass."""
+def _group_gates(group_alpha, seed: int, limits, groups: int, like: torch.Tensor):
+    """Each tensor's sampled gate z_g and P(z_g != 0): ones without group gates (the unstructured form)."""
+    if group_alpha is None:
+        ones = torch.ones(groups, dtype=like.dtype, device=like.device)
+        return ones, ones
+    alpha = group_alpha.detach()
+    return (sample_gates(alpha, group_noise(alpha.numel(), seed, like.device), limits),
+            open_probability(alpha, limits))
 
-    @staticmethod
-    def forward(ctx, alpha, group_alpha, limits, group_sizes):
-        ctx.limits, ctx.group_sizes = limits, group_sizes
-        ctx.save_for_backward(alpha, group_alpha)
-        with torch.no_grad():
-            p = open_probability(alpha, limits)
-            if group_alpha is None:
-                return p.sum()
-            ctx.per_group = torch.stack([part.sum() for part in p.split(group_sizes)])  # kept for backward: tiny
-            return (open_probability(group_alpha, limits) * ctx.per_group).sum()
 
-    @staticmethod
-    def backward(ctx, grad):
-        alpha, group_alpha = ctx.saved_tensors
-        shift = math.log(-ctx.limits[0] / ctx.limits[1])
-        grad_alpha = torch.empty_like(alpha)
-        grad_group, group_open = None, None
-        bounds = [0, *itertools.accumulate(ctx.group_sizes)] if group_alpha is not None else None
-        if group_alpha is not None:
-            p_group = torch.sigmoid(group_alpha - shift)
-            group_open = p_group.tolist()
-        penalty_chunk = _chunk_kernels(alpha.numel())["penalty"]
-        for start in range(0, alpha.numel(), CHUNK):
-            end = min(alpha.numel(), start + CHUNK)
-            grad_alpha[start:end] = penalty_chunk(alpha[start:end], _group_scale(start, end, bounds, group_open, alpha),
-                                                  grad, shift)
-        if group_alpha is not None:
-            grad_group = grad * ctx.per_group * p_group * (1 - p_group)
-        return grad_alpha, grad_group, None, None
+def gated_diff(w, alpha, group_alpha, seed: int, limits, sizes, bases=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per tensor, base + w * z * z_group (the bases' shapes; 1-d deltas without bases), and the expected
+    L0 of the gates, from one pass. ``seed`` picks the noise; the same seed gives the same gates."""
+    outputs = GatedDiffFunction.apply(w, alpha, group_alpha, seed, tuple(limits), tuple(sizes), *(bases or ()))
+    return list(outputs[:-1]), outputs[-1]

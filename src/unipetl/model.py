@@ -280,8 +280,8 @@ class PetlModel(nn.Module):
 
     def _diffed_parameters(self) -> dict[str, torch.Tensor]:
         params = dict(self.model.named_parameters())
-        parts = self.diff.layout.split(self.diff.delta())
-        return {name: params[name] + part.to(params[name].dtype) for name, part in parts.items()}
+        names = self.diff.layout.names
+        return dict(zip(names, self.diff.diffed([params[name] for name in names])))
 
     @contextmanager
     def diff_written_in(self):
