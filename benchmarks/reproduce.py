@@ -58,11 +58,14 @@ def run_dir(task: str, method: str, seed: int) -> Path:
     return RUNS / task / method / f"seed{seed}"
 
 
+# Cheapest first, so an interrupted reproduction covers as many tasks x methods as it can.
+COST_ORDER = ("cb", "copa", "wsc", "wic", "sst2", "stsb", "cola")
+
+
 def plan(tasks, methods) -> list[tuple[str, str, int]]:
-    """The seed-42 sources first, then every seed-42 run, then the small tasks' other seeds."""
+    """The seed-42 sources first, then task by task from the cheapest: every method's seeds."""
     order = [(t, "pfeiffer", 42) for t in tasks if "pfeiffer" in methods or set(methods) & set(TRANSFER)]
-    order += [(t, m, 42) for m in methods for t in tasks]
-    order += [(t, m, s) for m in methods for t in tasks for s in TASKS[t][3] if s != 42]
+    order += [(t, m, s) for t in sorted(tasks, key=COST_ORDER.index) for m in methods for s in TASKS[t][3]]
     return list(dict.fromkeys(order))
 
 
