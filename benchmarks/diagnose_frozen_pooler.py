@@ -5,7 +5,8 @@ which belongs to the backbone and so stays frozen under every PETL method (as un
 sentence-transformers MiniLM checkpoint, whose [CLS] was never trained for pooling, the pooler's
 outputs are small and nearly constant across inputs, so a method that cannot move [CLS] quickly
 (LoRA on q, v) leaves the head predicting the mean. This script measures the pooler's outputs and
-fits 1,024 STS-B training pairs for a fixed number of steps with the pooler frozen and trained.
+fits 1,024 STS-B training pairs for a fixed number of steps with the pooler frozen and trained
+(`train_pooler`).
 
     python benchmarks/diagnose_frozen_pooler.py [--steps 120] [--methods lora pfeiffer]
 """
@@ -35,13 +36,8 @@ def load_pairs(n: int, tokenizer, max_length: int):
 def fit(method: str, train_pooler: bool, batch, labels, steps: int, lr: float, seed: int) -> dict:
     torch.manual_seed(seed)
     base = AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=1)
-    model = get_petl_model(base, PetlConfig.from_preset(method))
+    model = get_petl_model(base, PetlConfig.from_preset(method, train_pooler=train_pooler))
     groups = model.parameter_groups(lr, 0.0)
-    if train_pooler:
-        pooler = list(base.bert.pooler.parameters())
-        for param in pooler:
-            param.requires_grad_(True)
-        groups.append({"params": pooler, "lr": lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=lr)
     model.train()
     losses = []

@@ -106,6 +106,9 @@ class PetlConfig:
     fusion_regularization: float = 0.01
     transfer_sources: tuple = ()
     train_head: bool = True
+    # Count the backbone's pooler (BERT: dense + tanh over [CLS], under the classification head) as part
+    # of the head: trained and stored with it, as RoBERTa's and MPNet's heads hold their own dense layer.
+    train_pooler: bool = False
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -247,9 +250,14 @@ class PetlConfig:
                     raise ConfigError(f"{name}={getattr(self, name)!r} must be a probability in [0, 1)")
         if self.full_finetune and (self.attn_mode != "none" or self.ffn_mode != "none"):
             raise ConfigError("full_finetune=True trains every weight; it cannot be combined with attn_mode/ffn_mode")
+        if not isinstance(self.train_pooler, bool):
+            raise ConfigError(f"train_pooler={self.train_pooler!r} must be true or false")
 
     def _validate_diff(self) -> None:
         from .diff import check_density
+
+        if self.train_pooler:
+            raise ConfigError("train_pooler=True with param_source='gated_diff': the diff already covers the pooler")
 
         if self.attn_mode != "none" or self.ffn_mode != "none" or self.full_finetune:
             raise ConfigError("param_source='gated_diff' diffs the backbone's own weights; it needs attn_mode='none', "

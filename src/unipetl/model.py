@@ -25,13 +25,24 @@ from .sites import BackboneSites, resolve_sites
 from .sources import MaskedPrefix, MaskedPrototype, MaskedView, TaskContext, _Masked
 
 
-def head_parameter_names(model: nn.Module) -> list[str]:
-    """Parameters of the task head: those outside `model.base_model` and not tied to it."""
+def head_parameter_names(model: nn.Module, pooler: bool = False) -> list[str]:
+    """Parameters of the task head: those outside `model.base_model` and not tied to it; with ``pooler``,
+    also the backbone's pooler (`PetlConfig.train_pooler`)."""
     base = model.base_model
     if base is model:
         return []
     base_ids = {id(p) for p in base.parameters()}
-    return [name for name, p in model.named_parameters() if id(p) not in base_ids]
+    names = [name for name, p in model.named_parameters() if id(p) not in base_ids]
+    return pooler_parameter_names(model) + names if pooler else names
+
+
+def pooler_parameter_names(model: nn.Module) -> list[str]:
+    """The parameters of the backbone's pooler (BERT); none where the backbone has no pooler."""
+    pooler = getattr(model.base_model, "pooler", None)
+    if not isinstance(pooler, nn.Module):
+        return []
+    ids = {id(p) for p in pooler.parameters()}
+    return [name for name, p in model.named_parameters() if id(p) in ids]
 
 
 def backbone_fingerprint(model: nn.Module) -> str:
@@ -67,7 +78,13 @@ class PetlModel(nn.Module):
             raise ConfigError("this model already has a unipetl method attached; call unload() on that PetlModel first")
         self.config = config
         self.fingerprint = backbone_fingerprint(model)  # taken before anything is attached
-        self.head_names = head_parameter_names(model)
+        self.head_names = head_parameter_names(model, pooler=config.train_pooler)
+        if config.train_pooler and not pooler_parameter_names(model):
+            raise ConfigError(f"train_pooler=True: {type(model).__name__} has no pooler (its head is "
+                              f"{', '.join(self.head_names) or 'empty'}); train_pooler is for heads over a pooler (BERT)")
+        # The pooler is the backbone's: training or loading a task writes into it, unload() puts it back.
+        pooler = set(pooler_parameter_names(model)) if config.train_pooler else set()
+        self._pooler_original = {name: p.detach().clone() for name, p in model.named_parameters() if name in pooler}
         self.model = model
         self.methods = nn.ModuleDict()
         self.prompt: PromptEmbedding | None = None
@@ -581,7 +598,11 @@ class PetlModel(nn.Module):
             prefix_attention.disable_prefix_attention(self.model, self._prefix_modules, self._prefix_original,
                                                       self.sites.family.manual_attention)
             self._prefix_modules = []
-        for name, param in self.model.named_parameters():
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, original in self._pooler_original.items():
+                params[name].copy_(original)
+        for name, param in params.items():
             param.requires_grad_(self._requires_grad.get(name, True))
         return self.model
 
@@ -594,7 +615,7 @@ class PetlModel(nn.Module):
         view.task_name = task
         view._modules = dict(self._modules)
         view._modules["model"] = model
-        view.head_names = head_parameter_names(model)
+        view.head_names = head_parameter_names(model, pooler=self.config.train_pooler)
         return view
 
     # ================================================================= persistence

@@ -12,6 +12,7 @@ from safetensors.torch import save as save_safetensors
 
 from .errors import ModuleFormatError
 from .insertion import LinearWithChanges
+from .model import pooler_parameter_names
 from .storage import write_directory_atomically
 
 PEFT_CONFIG_FILE = "adapter_config.json"
@@ -43,7 +44,11 @@ def export_peft(petl, directory, base_model_name_or_path: str | None = None) -> 
             ranks[path] = module.lora.source.get("lora_A").shape[0]
     if not ranks:
         raise ModuleFormatError("this model has no LoRA weights to export")
-    head_modules = sorted({name.split(".")[0] for name in petl.head_names})
+    # PEFT's modules_to_save match by module name: the classifier's top-level name, and "pooler" for a
+    # trained pooler (train_pooler) inside the backbone.
+    pooler = set(pooler_parameter_names(petl.model)) if petl.config.train_pooler else set()
+    head_modules = sorted({name.split(".")[0] for name in petl.head_names if name not in pooler}
+                          | ({"pooler"} if pooler else set()))
     for name, param in petl.head_parameters().items():
         tensors[f"base_model.model.{name}"] = param
     rank = max(ranks.values(), key=list(ranks.values()).count)  # the most common rank; others by pattern
