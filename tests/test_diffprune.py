@@ -92,7 +92,7 @@ def test_gated_diff_uses_the_seeded_noise_and_its_hand_gradients_equal_autograd(
     delta = torch.cat(parts)
     ((delta * upstream).sum() + 0.7 * penalty).backward()
     # The same computation with plain autograd on the same noise.
-    u = gates.full_entry_noise(16, 1234).double()
+    u = gates.uniform_noise(16, 1234).double()
     u_group = gates.group_noise(3, 1234).double()
     w2, alpha2, group2 = (t.detach().clone().requires_grad_() for t in (w, alpha, group))
     reference = w2 * torch_reference_gates(alpha2, u) * torch.repeat_interleave(torch_reference_gates(group2, u_group),

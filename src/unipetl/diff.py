@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ModuleFormatError
-from .gates import (deterministic_gates, expected_l0, full_entry_noise, gated_diff, group_noise, open_probability,
-                    sample_gates)
+from .gates import (deterministic_gates, expected_l0, gated_diff, group_noise, open_probability, sample_gates,
+                    uniform_noise)
 
 
 class FlatLayout:
@@ -85,7 +85,7 @@ class GatedDiff(nn.Module):
             group = None if self.group_gate_logits is None else open_probability(self.group_gate_logits.detach(), self.limits)
         elif mode == "sample":  # the released code samples fresh gates even at evaluation
             seed = int(torch.randint(1, 2**62, (1,)).item())
-            z = sample_gates(self.gate_logits, full_entry_noise(self.layout.total, seed), self.limits)
+            z = sample_gates(self.gate_logits, uniform_noise(self.layout.total, seed), self.limits)
             group = None if self.group_gate_logits is None else sample_gates(
                 self.group_gate_logits, group_noise(len(self.layout.sizes), seed), self.limits)
         else:

@@ -56,11 +56,6 @@ def uniform_noise(n: int, seed: int, device=None, stream: int = 0) -> torch.Tens
     return out
 
 
-def full_entry_noise(n: int, seed: int, device=None) -> torch.Tensor:
-    """The per-entry noise `gated_diff` uses with ``seed`` (for tests and the sampled evaluation gate)."""
-    return uniform_noise(n, seed, device)
-
-
 def group_noise(n: int, seed: int, device=None) -> torch.Tensor:
     """The noise of the ``n`` group (per-tensor) gates for ``seed``."""
     return uniform_noise(n, seed, device, stream=_GROUP_STREAM)
@@ -203,13 +198,13 @@ class GatedDiffFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, alpha, group_alpha, seed: int, limits, sizes, *bases):
         ctx.set_materialize_grads(False)
-        ctx.seed, ctx.limits, ctx.sizes = seed, tuple(limits), list(sizes)
         ctx.save_for_backward(w, alpha, group_alpha)
-        low, high = ctx.limits
-        shift = math.log(-low / high)
-        seed_low, seed_high = (_scalar(v, w, torch.int64) for v in _seed_halves(seed))
-        z_group, group_open = _group_gates(group_alpha, seed, ctx.limits, len(sizes), w)
-        ctx.group_open = group_open
+        low, high = limits
+        ctx.sizes = list(sizes)
+        # What both passes hand every kernel call; the group gates (one per tensor) are tiny and kept.
+        ctx.seed_halves = tuple(_scalar(v, w, torch.int64) for v in _seed_halves(seed))
+        ctx.constants = (low, high, math.log(-low / high))
+        ctx.z_group, ctx.slope_group, ctx.group_open = _group_gates(group_alpha, seed, tuple(limits), len(sizes), w)
         kernels = _chunk_kernels(w.numel())
         zero = torch.zeros((), dtype=w.dtype, device=w.device)
         pieces = [[] for _ in sizes]
@@ -218,11 +213,11 @@ class GatedDiffFunction(torch.autograd.Function):
             base = bases[group].reshape(-1)[lo:hi] if bases else zero
             start, end = offset + lo, offset + hi
             out, open_sum = kernels["forward"](alpha[start:end], w[start:end], base, _scalar(start, w, torch.int64),
-                                               seed_low, seed_high, z_group[group], low, high, shift)
+                                               *ctx.seed_halves, ctx.z_group[group], *ctx.constants)
             pieces[group].append(out)
             open_sums[group].append(open_sum)
         ctx.per_group = torch.stack([torch.stack(parts).sum() if parts else zero for parts in open_sums])
-        penalty = (group_open * ctx.per_group).sum()
+        penalty = (ctx.group_open * ctx.per_group).sum()
         outputs = [parts[0] if len(parts) == 1 else torch.cat(parts) if parts else w.new_zeros(0) for parts in pieces]
         if bases:  # the backbone's shapes and dtype (a bf16 backbone gets bf16 tensors)
             outputs = [out.view(base.shape).to(base.dtype) for out, base in zip(outputs, bases)]
@@ -232,10 +227,6 @@ class GatedDiffFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         w, alpha, group_alpha = ctx.saved_tensors
         *grad_outputs, grad_penalty = grads
-        low, high = ctx.limits
-        shift = math.log(-low / high)
-        seed_low, seed_high = (_scalar(v, w, torch.int64) for v in _seed_halves(ctx.seed))
-        z_group, _ = _group_gates(group_alpha, ctx.seed, ctx.limits, len(ctx.sizes), w)
         zero = torch.zeros((), dtype=w.dtype, device=w.device)
         grad_penalty = zero if grad_penalty is None else grad_penalty
         kernels = _chunk_kernels(w.numel())
@@ -247,26 +238,25 @@ class GatedDiffFunction(torch.autograd.Function):
             start, end = offset + lo, offset + hi
             to_group[group].append(kernels["backward"](
                 grad_w[start:end], grad_alpha[start:end], alpha[start:end], w[start:end], grad,
-                _scalar(start, w, torch.int64), seed_low, seed_high, z_group[group], ctx.group_open[group],
-                grad_penalty, low, high, shift))
+                _scalar(start, w, torch.int64), *ctx.seed_halves, ctx.z_group[group], ctx.group_open[group],
+                grad_penalty, *ctx.constants))
         grad_group = None
         if group_alpha is not None:
-            _, slope_group = _gate_and_slope(group_alpha.detach(), group_noise(group_alpha.numel(), ctx.seed, w.device),
-                                             ctx.limits)
             sums = torch.stack([torch.stack(parts).sum() if parts else zero for parts in to_group])
             p_group = ctx.group_open
-            grad_group = sums * slope_group + grad_penalty * ctx.per_group * p_group * (1 - p_group)
+            grad_group = sums * ctx.slope_group + grad_penalty * ctx.per_group * p_group * (1 - p_group)
         return (grad_w, grad_alpha, grad_group, None, None, None, *[None] * (len(grads) - 1))
 
 
 def _group_gates(group_alpha, seed: int, limits, groups: int, like: torch.Tensor):
-    """Each tensor's sampled gate z_g and P(z_g != 0): ones without group gates (the unstructured form)."""
+    """Each tensor's sampled gate z_g, dz_g/dalpha_g and P(z_g != 0): z_g = 1 without group gates (the
+    unstructured form)."""
     if group_alpha is None:
         ones = torch.ones(groups, dtype=like.dtype, device=like.device)
-        return ones, ones
+        return ones, None, ones
     alpha = group_alpha.detach()
-    return (sample_gates(alpha, group_noise(alpha.numel(), seed, like.device), limits),
-            open_probability(alpha, limits))
+    z, slope = _gate_and_slope(alpha, group_noise(alpha.numel(), seed, like.device), limits)
+    return z, slope, open_probability(alpha, limits)
 
 
 def gated_diff(w, alpha, group_alpha, seed: int, limits, sizes, bases=None) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -79,11 +79,11 @@ class PetlModel(nn.Module):
         self.config = config
         self.fingerprint = backbone_fingerprint(model)  # taken before anything is attached
         self.head_names = head_parameter_names(model, pooler=config.train_pooler)
-        if config.train_pooler and not pooler_parameter_names(model):
+        pooler = set(pooler_parameter_names(model)) if config.train_pooler else set()
+        if config.train_pooler and not pooler:
             raise ConfigError(f"train_pooler=True: {type(model).__name__} has no pooler (its head is "
                               f"{', '.join(self.head_names) or 'empty'}); train_pooler is for heads over a pooler (BERT)")
         # The pooler is the backbone's: training or loading a task writes into it, unload() puts it back.
-        pooler = set(pooler_parameter_names(model)) if config.train_pooler else set()
         self._pooler_original = {name: p.detach().clone() for name, p in model.named_parameters() if name in pooler}
         self.model = model
         self.methods = nn.ModuleDict()
