@@ -43,3 +43,31 @@ def test_bench_refuses_bad_input_before_measuring(args, message, tmp_path, capsy
     assert run_cli("bench", *args, "--output-dir", out) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("site", ["attention", "ffn_output"])
+def test_floor_model_trains_only_head_and_gate_and_carries_the_gradient_to_layer_zero(tiny_bert, site):
+    import torch
+
+    from unipetl.bench import floor_model
+
+    torch.manual_seed(0)
+    # float64, so that the central difference below is exact to many digits
+    plain = T.AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).double().eval()
+    model = floor_model(T.AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).double(), site).eval()
+    model.classifier.load_state_dict(plain.classifier.state_dict())
+    batch = {"input_ids": torch.randint(1000, 5000, (2, 12)), "labels": torch.tensor([0, 1])}
+    loss = model(**batch).loss
+    assert torch.equal(model(**batch).logits, plain(**batch).logits)  # the gate is 1: the same function
+    loss.backward()
+    trained = {name for name, p in model.named_parameters() if p.grad is not None}
+    assert trained == {"floor_gate", "classifier.weight", "classifier.bias"}
+    # d loss / d gate, against a central difference of the loss in the gate
+    with torch.no_grad():
+        eps = 2.0 ** -12  # exact in the gate's float32
+        model.floor_gate.fill_(1 + eps)
+        up = model(**batch).loss
+        model.floor_gate.fill_(1 - eps)
+        down = model(**batch).loss
+    assert model.floor_gate.grad.item() == pytest.approx(((up - down) / (2 * eps)).item(), rel=1e-5)
+    assert model.floor_gate.grad.item() != 0

@@ -22,8 +22,8 @@ import torch
 @dataclass(frozen=True)
 class MethodSpec:
     label: str
-    library: str  # "unipetl" or "peft"
-    method: str  # preset name, or "lora"/"prefix" for PEFT
+    library: str  # "unipetl", "peft", or "floor" (no method: see floor_model)
+    method: str  # preset name, "lora"/"prefix" for PEFT, or a key of FLOOR_SITES
     overrides: dict = field(default_factory=dict)
     stage: str = ""  # "fixed_mask": a diff-pruning model projected to its density before timing (stage 3)
 
@@ -48,6 +48,35 @@ def _peft_model(base, spec: MethodSpec):
     return peft.get_peft_model(base, config)
 
 
+# The lowest point a method's parameters sit at in the first layer, as what the gradient must reach there.
+FLOOR_SITES = {
+    "attention": ("q", "v"),  # LoRA on q,v and prefix tuning: backward through layer 0's attention
+    "ffn_output": ("ffn_out",),  # sequential and parallel FFN adapters: backward down to layer 0's FFN output
+}
+
+
+def floor_model(base, site: str):
+    """A PETL step without a method: the backbone frozen, only the head trained, and the output of each
+    linear layer in FLOOR_SITES[site] of the first layer multiplied by one trainable scalar (1.0), so that
+    autograd must carry the input gradient down to where the method's parameters would be. Its step time
+    is what any method of that kind pays before its own cost: full fine-tuning's minus the frozen
+    weights' gradients and their optimizer step."""
+    from .model import head_parameter_names
+    from .sites import resolve_sites
+
+    for param in base.parameters():
+        param.requires_grad_(False)
+    for name in head_parameter_names(base):
+        base.get_parameter(name).requires_grad_(True)
+    layer = resolve_sites(base).layers[0]
+    modules = {"q": layer.attention[0].q, "v": layer.attention[0].v, "ffn_out": layer.ffn_out}
+    gate = torch.nn.Parameter(torch.ones(()))
+    base.register_parameter("floor_gate", gate)
+    for key in FLOOR_SITES[site]:
+        modules[key].register_forward_hook(lambda module, args, output: output * gate)
+    return base
+
+
 def peft_equivalent(preset: str) -> MethodSpec | None:
     """PEFT's version of a preset with the preset's own sizes, where PEFT has the method (LoRA on q,v,
     prefix tuning with its reparametrisation MLP, prompt tuning); None elsewhere."""
@@ -65,11 +94,13 @@ def peft_equivalent(preset: str) -> MethodSpec | None:
     return MethodSpec(f"peft {preset}", "peft", preset, overrides)
 
 
-def stored_bytes(model, spec: MethodSpec) -> int:
-    """What saving the trained method writes: our task module, or PEFT's adapter folder."""
+def stored_bytes(model, spec: MethodSpec) -> int | None:
+    """What saving the trained method writes: our task module, or PEFT's adapter folder (None for a floor row)."""
     import tempfile
     from pathlib import Path
 
+    if spec.library == "floor":
+        return None
     if spec.library == "unipetl":
         if model.diff is not None and spec.stage != "fixed_mask":  # stored after projection to its density
             with torch.no_grad():
@@ -91,6 +122,8 @@ def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, st
     base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
     if spec.library == "peft":
         model = _peft_model(base, spec)
+    elif spec.library == "floor":
+        model = floor_model(base, spec.method)
     else:
         model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset(spec.method, **spec.overrides))
         if spec.stage == "fixed_mask":
