@@ -18,6 +18,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..errors import DataError
@@ -48,6 +49,20 @@ _JSONL_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+
+@contextmanager
+def reading(path: Path):
+    """Turn low-level read failures inside the block into DataErrors naming the file."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV/TSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+
+
 def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
     """Examples of one split: 'train', 'validation' (the official dev set) and, for MNLI,
     'validation_matched' / 'validation_mismatched'. Polarity's parts are 'train' / 'validation' /
@@ -70,16 +85,10 @@ def _local_rows(spec: TaskSpec, path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: file not found (task {spec.name!r} expects the official layout "
                         f"<data_dir>/{spec.folder}/{path.name})")
-    try:
+    with reading(path):
         if path.suffix == ".tsv":
             return list(_tsv_rows(spec, path))
         return list(_jsonl_rows(spec, path))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV/TSV ({exc})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
 
 
 def _tsv_rows(spec: TaskSpec, path: Path) -> Iterator[dict]:
@@ -224,14 +233,8 @@ def load_custom(
         raise DataError(f"{path}: text_columns must name 1 or 2 columns, got {list(text_columns)}")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    try:
+    with reading(path):
         rows = list(_custom_rows(path, [*text_columns, label_column]))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV/TSV ({exc})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
     if not rows:
         raise DataError(f"{path}: no data rows")
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DataError
-from .loaders import _jsonl, _need
+from .loaders import _jsonl, _need, reading
 
 
 def existing_file(path) -> Path:
@@ -21,19 +20,6 @@ def existing_file(path) -> Path:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     return path
-
-
-@contextmanager
-def reading(path: Path):
-    """Turn low-level read failures inside the block into DataErrors naming the file."""
-    try:
-        yield
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed TSV ({exc})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
 
 
 def jsonl_records(path) -> Iterator[tuple[int, dict]]:
