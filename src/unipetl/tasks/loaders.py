@@ -17,8 +17,8 @@ import json
 import math
 import os
 import warnings
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DataError
@@ -47,7 +47,6 @@ _JSONL_FIELDS: dict[str, tuple[str, ...]] = {
     "wic": ("word", "sentence1", "sentence2"),
     "wsc": ("text", "span1_text", "span2_text"),
 }
-
 
 
 @contextmanager
