@@ -25,15 +25,14 @@ from .sites import BackboneSites, resolve_sites
 from .sources import MaskedPrefix, MaskedPrototype, MaskedView, TaskContext, _Masked
 
 
-def head_parameter_names(model: nn.Module, pooler: bool = False) -> list[str]:
-    """Parameters of the task head: those outside `model.base_model` and not tied to it; with ``pooler``,
-    also the backbone's pooler (`PetlConfig.train_pooler`)."""
+def head_parameter_names(model: nn.Module) -> list[str]:
+    """Parameters of the task head: those outside `model.base_model` and not tied to it (a trained pooler,
+    `PetlConfig.train_pooler`, is added by PetlModel)."""
     base = model.base_model
     if base is model:
         return []
     base_ids = {id(p) for p in base.parameters()}
-    names = [name for name, p in model.named_parameters() if id(p) not in base_ids]
-    return pooler_parameter_names(model) + names if pooler else names
+    return [name for name, p in model.named_parameters() if id(p) not in base_ids]
 
 
 def pooler_parameter_names(model: nn.Module) -> list[str]:
@@ -78,8 +77,8 @@ class PetlModel(nn.Module):
             raise ConfigError("this model already has a unipetl method attached; call unload() on that PetlModel first")
         self.config = config
         self.fingerprint = backbone_fingerprint(model)  # taken before anything is attached
-        self.head_names = head_parameter_names(model, pooler=config.train_pooler)
-        pooler = set(pooler_parameter_names(model)) if config.train_pooler else set()
+        pooler = pooler_parameter_names(model) if config.train_pooler else []
+        self.head_names = pooler + head_parameter_names(model)
         if config.train_pooler and not pooler:
             raise ConfigError(f"train_pooler=True: {type(model).__name__} has no pooler (its head is "
                               f"{', '.join(self.head_names) or 'empty'}); train_pooler is for heads over a pooler (BERT)")
@@ -443,6 +442,11 @@ class PetlModel(nn.Module):
         return None
 
     # ================================================================= accounting
+    @property
+    def pooler_names(self) -> list[str]:
+        """The backbone pooler's parameters that train with the head (`train_pooler`); empty otherwise."""
+        return list(self._pooler_original)
+
     def head_parameters(self) -> dict[str, nn.Parameter]:
         params = dict(self.model.named_parameters())
         return {name: params[name] for name in self.head_names if name in params}
@@ -615,7 +619,7 @@ class PetlModel(nn.Module):
         view.task_name = task
         view._modules = dict(self._modules)
         view._modules["model"] = model
-        view.head_names = head_parameter_names(model, pooler=self.config.train_pooler)
+        view.head_names = self.pooler_names + head_parameter_names(model)  # the pooler is in the shared backbone
         return view
 
     # ================================================================= persistence

@@ -12,7 +12,6 @@ from safetensors.torch import save as save_safetensors
 
 from .errors import ModuleFormatError
 from .insertion import LinearWithChanges
-from .model import pooler_parameter_names
 from .storage import write_directory_atomically
 
 PEFT_CONFIG_FILE = "adapter_config.json"
@@ -46,7 +45,7 @@ def export_peft(petl, directory, base_model_name_or_path: str | None = None) -> 
         raise ModuleFormatError("this model has no LoRA weights to export")
     # PEFT's modules_to_save match by module name: the classifier's top-level name, and "pooler" for a
     # trained pooler (train_pooler) inside the backbone.
-    pooler = set(pooler_parameter_names(petl.model)) if petl.config.train_pooler else set()
+    pooler = set(petl.pooler_names)
     head_modules = sorted({name.split(".")[0] for name in petl.head_names if name not in pooler}
                           | ({"pooler"} if pooler else set()))
     for name, param in petl.head_parameters().items():
