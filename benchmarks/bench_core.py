@@ -17,6 +17,8 @@ from unipetl.defaults import default_model_path
 from unipetl.presets import list_presets
 
 SPECS = [MethodSpec("full", "unipetl", "full"),
+         # torch's dropout sampler, as PEFT's rows and transformers' own training use it
+         MethodSpec("full (torch dropout)", "unipetl", "full", fast_cpu_dropout=False),
          MethodSpec("floor: attention", "floor", "attention"),
          MethodSpec("floor: ffn_output", "floor", "ffn_output"),
          MethodSpec("lora r=8 (q,v)", "unipetl", "lora", {"attn_bn": 8, "lora_alpha": 16, "lora_dropout": 0.0}),

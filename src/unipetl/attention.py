@@ -6,6 +6,11 @@ carrying a prefix, attends over the prefix keys/values as well (He et al.'s opti
 `cross_attn`, `cross_attn_noln`, `cross_attn_relu`, composed by `add` or `gate_add`), and defers to
 the original implementation everywhere else. MPNet computes attention by hand, so its attention
 forward is replaced by a short equivalent that calls the same function.
+
+Training on the CPU, dropout on the attention probabilities is most of what torch's dropout costs, and
+SDPA draws it internally. With `fast_dropout`, attention that would run SDPA's math path with dropout
+runs the same math here with unipetl.dropout's sampler (`attend`): prefix sites through their
+PrefixSite, and models without a prefix through `dropout_attention`, registered beside SDPA.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from . import dropout as fast
+
 IMPLEMENTATION = "unipetl_prefix"
+DROPOUT_IMPLEMENTATION = "unipetl_dropout"
 PREFIX_ATTR = "_unipetl_prefix"
 FALLBACK_ATTR = "_unipetl_fallback"
 
@@ -28,8 +36,9 @@ class PrefixSite(nn.Module):
     """The prefix of one attention module: where its keys/values come from and how they compose."""
 
     def __init__(self, source: nn.Module, index: int, option: str, composition: str, hidden: int,
-                 query_proj: nn.Module | None = None, capture=None):
+                 query_proj: nn.Module | None = None, capture=None, fast_dropout: bool = False):
         super().__init__()
+        self.fast_dropout = fast_dropout
         # The source (shared by all sites of a stack) is owned by PetlModel.methods and the query
         # projection by the backbone: referenced here, not registered, so each is stored once.
         object.__setattr__(self, "source", source)  # source.site_prefix(index) -> (l, 2d)
@@ -78,6 +87,41 @@ def _token_bias(module, query, key, attention_mask, position_bias, is_causal):
     return bias
 
 
+def attend(query, key, value, bias, dropout: float, scaling: float, fast_dropout: bool) -> torch.Tensor:
+    """softmax(q k^T * scaling + bias) v with dropout on the probabilities: SDPA, or on the CPU in training
+    with fast_dropout, SDPA's math path written out with unipetl.dropout's sampler."""
+    if not (fast_dropout and fast.uses_fast_path(query, dropout, True)):
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=scaling)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if bias is not None:
+        scores = scores + bias
+    return torch.matmul(fast.dropout(scores.softmax(dim=-1), dropout), value)
+
+
+def dropout_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                      position_bias=None, **kwargs):
+    """SDPA, except that non-causal attention without a position bias, in training on the CPU with dropout,
+    goes through `attend` (the fast dropout sampler). Causal and position-biased attention (decoders, T5)
+    keep SDPA's own handling of those."""
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if (module.training and fast.uses_fast_path(query, dropout, True) and position_bias is None
+            and (query.shape[2] == 1 or not causal) and not kwargs.get("output_attentions")):
+        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        bias = None
+        if attention_mask is not None:  # SDPA's mask: True/0 where attending
+            bias = attention_mask[..., :key.shape[2]]
+            if bias.dtype == torch.bool:
+                bias = torch.zeros(bias.shape, dtype=query.dtype, device=query.device).masked_fill(
+                    ~bias, torch.finfo(query.dtype).min)
+        return attend(query, key, value, bias, dropout, scaling, True).transpose(1, 2).contiguous(), None
+    if position_bias is not None:
+        kwargs["position_bias"] = position_bias
+    if is_causal is not None:
+        kwargs["is_causal"] = is_causal
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
+                                          scaling=scaling, **kwargs)
+
+
 def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                      position_bias=None, **kwargs):
     site: PrefixSite | None = getattr(module, PREFIX_ATTR, None)
@@ -100,10 +144,10 @@ def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         keys, values = torch.cat([prefix_k, key], dim=2), torch.cat([prefix_v, value], dim=2)
         if bias is not None:
             bias = F.pad(bias.expand(batch, -1, q_len, -1), (prefix_k.shape[2], 0))
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias, dropout_p=dropout, scale=scaling)
+        out = attend(query, keys, values, bias, dropout, scaling, site.fast_dropout)
         return out.transpose(1, 2).contiguous(), None
 
-    token_out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=scaling)
+    token_out = attend(query, key, value, bias, dropout, scaling, site.fast_dropout)
     prefix_query = query if site.option == "cross_attn_noln" else site.separate_query(heads, head_dim)
     if site.option == "cross_attn_relu":
         # Multi-head parallel adapter: ReLU instead of softmax, no scaling.
@@ -111,7 +155,8 @@ def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         return (token_out + delta).transpose(1, 2).contiguous(), None
 
     prefix_logits = torch.matmul(prefix_query, prefix_k.transpose(-1, -2)) * scaling
-    probs = F.dropout(prefix_logits.softmax(dim=-1), p=dropout, training=module.training)
+    probs = prefix_logits.softmax(dim=-1)
+    probs = fast.dropout(probs, dropout) if site.fast_dropout else F.dropout(probs, p=dropout, training=module.training)
     delta = torch.matmul(probs, prefix_v)
     if site.composition == "add":
         out = token_out + delta
@@ -130,16 +175,35 @@ def _register() -> None:
         ALL_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, prefix_attention)
         # Eager masks are additive floats of the full (query, key) shape: one format to extend.
         ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, eager_mask)
+    if DROPOUT_IMPLEMENTATION not in ALL_ATTENTION_FUNCTIONS:
+        ALL_ATTENTION_FUNCTIONS.register(DROPOUT_IMPLEMENTATION, dropout_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(DROPOUT_IMPLEMENTATION, sdpa_mask)  # SDPA's masks, as it falls back to SDPA
 
 
-def enable_prefix_attention(model: nn.Module, attention_modules: list[nn.Module], manual: bool) -> str:
+def enable_dropout_attention(model: nn.Module) -> str | None:
+    """Route an SDPA model's attention through `dropout_attention`; returns the implementation it replaced,
+    or None where the model does not use SDPA: its attention keeps its own dropout (MPNet's, computed by hand,
+    draws it from an nn.Dropout module, which enable_fast_dropout switches)."""
+    _register()
+    original = model.config._attn_implementation
+    if original != "sdpa":
+        return None
+    model.set_attn_implementation(DROPOUT_IMPLEMENTATION)
+    return original
+
+
+def enable_prefix_attention(model: nn.Module, attention_modules: list[nn.Module], manual: bool,
+                            fast_dropout: bool = False) -> str:
     """Route the model's attention through `prefix_attention`; returns the implementation it replaced."""
     _register()
     original = model.config._attn_implementation
     if original == IMPLEMENTATION:
         return getattr(model, FALLBACK_ATTR, "sdpa")
+    fallback = original if original in ALL_ATTENTION_FUNCTIONS else "sdpa"
+    if fast_dropout and fallback == "sdpa":
+        fallback = DROPOUT_IMPLEMENTATION
     for module in attention_modules:
-        object.__setattr__(module, FALLBACK_ATTR, original if original in ALL_ATTENTION_FUNCTIONS else "sdpa")
+        object.__setattr__(module, FALLBACK_ATTR, fallback)
         if manual:
             module.forward = types.MethodType(_manual_attention_forward, module)
     object.__setattr__(model, FALLBACK_ATTR, original)

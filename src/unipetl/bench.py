@@ -26,10 +26,11 @@ class MethodSpec:
     method: str  # preset name, "lora"/"prefix" for PEFT, or a key of FLOOR_SITES
     overrides: dict = field(default_factory=dict)
     stage: str = ""  # "fixed_mask": a diff-pruning model projected to its density before timing (stage 3)
+    fast_cpu_dropout: bool = True  # ours and the floor rows: unipetl.dropout's sampler (PEFT rows: torch's)
 
     def to_json(self) -> str:
         return json.dumps({"label": self.label, "library": self.library, "method": self.method, "overrides": self.overrides,
-                           "stage": self.stage})
+                           "stage": self.stage, "fast_cpu_dropout": self.fast_cpu_dropout})
 
 
 def _peft_model(base, spec: MethodSpec):
@@ -55,14 +56,21 @@ FLOOR_SITES = {
 }
 
 
-def floor_model(base, site: str):
+def floor_model(base, site: str, fast_cpu_dropout: bool = True):
     """A PETL step without a method: the backbone frozen, only the head trained, and the output of each
     linear layer in FLOOR_SITES[site] of the first layer multiplied by one trainable scalar (1.0), so that
     autograd must carry the input gradient down to where the method's parameters would be. Its step time
     is what any method of that kind pays before its own cost: full fine-tuning's minus the frozen
-    weights' gradients and their optimizer step."""
+    weights' gradients and their optimizer step. With ``fast_cpu_dropout``, dropout is sampled as a
+    PetlModel samples it (unipetl.dropout)."""
+    from .attention import enable_dropout_attention
+    from .dropout import enable_fast_dropout
     from .model import head_parameter_names
     from .sites import resolve_sites
+
+    if fast_cpu_dropout:
+        enable_fast_dropout(base)
+        enable_dropout_attention(base)
 
     for param in base.parameters():
         param.requires_grad_(False)
@@ -123,9 +131,10 @@ def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, st
     if spec.library == "peft":
         model = _peft_model(base, spec)
     elif spec.library == "floor":
-        model = floor_model(base, spec.method)
+        model = floor_model(base, spec.method, spec.fast_cpu_dropout)
     else:
-        model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset(spec.method, **spec.overrides))
+        model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset(spec.method, **spec.overrides),
+                                       fast_cpu_dropout=spec.fast_cpu_dropout)
         if spec.stage == "fixed_mask":
             with torch.no_grad():
                 model.diff.weight.normal_()

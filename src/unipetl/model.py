@@ -17,6 +17,7 @@ from torch import nn
 from . import attention as prefix_attention
 from .config import PetlConfig
 from .diff import GatedDiff, SparseDiff, decode_indices, diff_layout, encode_indices, project_to_density
+from .dropout import disable_fast_dropout, enable_fast_dropout
 from .errors import ConfigError, ModuleFormatError
 from .forms import (Bottleneck, FlatPrefix, LowRank, OwnedParams, PrefixGenerator, PromptEmbedding,
                     bottleneck_tensors, lowrank_tensors)
@@ -67,7 +68,9 @@ class PetlModel(nn.Module):
     """A backbone with a PETL method attached. `forward` takes and returns what the backbone's does."""
 
     def __init__(self, model: nn.Module, config: PetlConfig, *, flat_prefix: bool = False, frozen_masks: bool = False,
-                 tasks: list[str] | None = None, sources: list | None = None):
+                 tasks: list[str] | None = None, sources: list | None = None, fast_cpu_dropout: bool = True):
+        """``fast_cpu_dropout``: train on the CPU with unipetl.dropout's sampler instead of torch's (the same
+        distribution to within 2^-17 at a quarter of the cost; nothing changes on a GPU or in eval mode)."""
         super().__init__()
         if not isinstance(config, PetlConfig):
             raise ConfigError(f"config must be a PetlConfig, got {type(config).__name__}")
@@ -101,8 +104,13 @@ class PetlModel(nn.Module):
         self.group_rules: list = []  # see parameter_groups
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}  # for unload
         self._sources = sources  # frozen source adapters of a transfer method (transfer.py)
+        self.fast_cpu_dropout = fast_cpu_dropout
         self._attach()
         self._set_trainable()
+        self._fast_dropouts = enable_fast_dropout(self) if fast_cpu_dropout else []  # to switch back on unload
+        self._attention_original = None  # set where attention now runs through dropout_attention
+        if fast_cpu_dropout and not self._prefix_modules:  # prefix sites draw their dropout themselves
+            self._attention_original = prefix_attention.enable_dropout_attention(self.model)
 
     # ================================================================= attaching
     def _wrap_linear(self, path: str) -> LinearWithChanges:
@@ -273,12 +281,12 @@ class PetlModel(nn.Module):
                 needs_query = cfg.attn_option in ("cross_attn", "cross_attn_relu")
                 prefix_site = prefix_attention.PrefixSite(
                     source, index, cfg.attn_option, cfg.attn_composition, d, query_proj=site.q,
-                    capture=self._capture(site.module) if needs_query else None)
+                    capture=self._capture(site.module) if needs_query else None, fast_dropout=self.fast_cpu_dropout)
                 self._register(f"{key}_site{index}", prefix_site)
                 object.__setattr__(site.module, prefix_attention.PREFIX_ATTR, prefix_site)
                 self._prefix_modules.append(site.module)
         self._prefix_original = prefix_attention.enable_prefix_attention(
-            self.model, self._prefix_modules, self.sites.family.manual_attention)
+            self.model, self._prefix_modules, self.sites.family.manual_attention, self.fast_cpu_dropout)
 
     def _attach_diff(self) -> None:
         """Diff pruning: a diff over every backbone weight (head excluded), gated (L0 stage) or sparse."""
@@ -602,6 +610,11 @@ class PetlModel(nn.Module):
             prefix_attention.disable_prefix_attention(self.model, self._prefix_modules, self._prefix_original,
                                                       self.sites.family.manual_attention)
             self._prefix_modules = []
+        disable_fast_dropout(self._fast_dropouts)
+        self._fast_dropouts = []
+        if self._attention_original is not None:
+            self.model.set_attn_implementation(self._attention_original)
+            self._attention_original = None
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, original in self._pooler_original.items():
@@ -637,8 +650,9 @@ class PetlModel(nn.Module):
         export_peft(self, directory, base_model_name_or_path)
 
 
-def get_petl_model(model: nn.Module, config: PetlConfig | str) -> PetlModel:
-    """Attach a design config (or a preset name) to a transformers model: backbone frozen, method and head trainable."""
+def get_petl_model(model: nn.Module, config: PetlConfig | str, *, fast_cpu_dropout: bool = True) -> PetlModel:
+    """Attach a design config (or a preset name) to a transformers model: backbone frozen, method and head trainable.
+    ``fast_cpu_dropout=False`` keeps torch's dropout sampler in CPU training (see PetlModel)."""
     if isinstance(config, str):
         config = PetlConfig.from_preset(config)
-    return PetlModel(model, config)
+    return PetlModel(model, config, fast_cpu_dropout=fast_cpu_dropout)
