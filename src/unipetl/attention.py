@@ -92,9 +92,10 @@ def attend(query, key, value, bias, dropout: float, scaling: float, fast_dropout
     with fast_dropout, SDPA's math path written out with unipetl.dropout's sampler."""
     if not (fast_dropout and fast.uses_fast_path(query, dropout, True)):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=scaling)
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    # Scaling the (b, h, q, d) query costs a quarter of scaling the (b, h, q, k) scores at k = 4d.
+    scores = torch.matmul(query * scaling, key.transpose(-1, -2))
     if bias is not None:
-        scores = scores + bias
+        scores = scores.add_(bias)  # in place: matmul's backward does not need its output
     return torch.matmul(fast.dropout(scores.softmax(dim=-1), dropout), value)
 
 
