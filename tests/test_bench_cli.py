@@ -71,3 +71,22 @@ def test_floor_model_trains_only_head_and_gate_and_carries_the_gradient_to_layer
         down = model(**batch).loss
     assert model.floor_gate.grad.item() == pytest.approx(((up - down) / (2 * eps)).item(), rel=1e-5)
     assert model.floor_gate.grad.item() != 0
+
+
+def test_paired_benchmark_reports_each_rows_ratio_to_every_reference(tiny_bert):
+    from unipetl.bench import MethodSpec, measure_interleaved, paired_benchmark
+
+    lora = MethodSpec("lora", "unipetl", "lora")
+    references = [MethodSpec("full", "unipetl", "full"),
+                  MethodSpec("full (torch dropout)", "unipetl", "full", fast_cpu_dropout=False)]
+    seconds = measure_interleaved([lora, *references], tiny_bert, 2, 16, 2, 1)
+    assert set(seconds) == {"lora", "full", "full (torch dropout)"} and all(v > 0 for v in seconds.values())
+    logged = []
+    result = paired_benchmark([lora], references, tiny_bert, batch_size=2, seq_len=16, steps=1, warmup=1, rounds=2,
+                              log=logged.append)
+    (row,) = result["rows"]
+    assert result["references"] == ["full", "full (torch dropout)"] and len(logged) == 2
+    for ref in result["references"]:
+        ratio = row["ratios"][ref]
+        assert len(ratio["per_round"]) == 2 and all(v > 0 for v in ratio["per_round"])
+        assert ratio["median"] == pytest.approx(sum(ratio["per_round"]) / 2, abs=1e-4)  # two rounds: their mean
