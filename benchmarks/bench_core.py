@@ -11,6 +11,7 @@ beside our ratio and the floor.
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from unipetl.bench import MethodSpec, benchmark, paired_benchmark, to_markdown
@@ -72,6 +73,13 @@ def paired_markdown(result: dict) -> str:
             cells.append(f"{ratio['median']:.3f} | {', '.join(f'{v:.3f}' for v in ratio['per_round'])}" if ratio else "failed |")
         lines.append(f"| {row['label']} | {row['library']} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
+    if len(references) == 2:  # every process measured both references: their ratio, process by process
+        first, second = references
+        pairs = [a / b for row in result["rows"] if first in row["ratios"] and second in row["ratios"]
+                 for a, b in zip(row["ratios"][second]["per_round"], row["ratios"][first]["per_round"])]
+        if pairs:
+            text += (f"\n`{first}` / `{second}` in the same processes: median {statistics.median(pairs):.3f} over "
+                     f"{len(pairs)} processes (from {min(pairs):.3f} to {max(pairs):.3f}).\n")
     for ref in references:
         ratios = {row["label"]: row["ratios"][ref]["median"] for row in result["rows"] if ref in row["ratios"]}
         text += f"\nIssue 2's targets against our ratio to `{ref}` and the floor of the method's lowest site:\n\n"
@@ -126,7 +134,7 @@ def main():
         result = benchmark(specs, model, args.batch_size, args.seq_len, args.steps, args.warmup, args.rounds)
     result["model"] = json.loads(Path(model, "config.json").read_text()).get("_name_or_path") or Path(model).name
     result["command"] = "python benchmarks/bench_core.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(repr, v)) if isinstance(v, list) else v}"
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(repr, v)) if isinstance(v, list) else v}")
         for k, v in vars(args).items() if v not in (None, False))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output + ".json").write_text(json.dumps(result, indent=1) + "\n")

@@ -70,7 +70,7 @@ class PetlModel(nn.Module):
     def __init__(self, model: nn.Module, config: PetlConfig, *, flat_prefix: bool = False, frozen_masks: bool = False,
                  tasks: list[str] | None = None, sources: list | None = None, fast_cpu_dropout: bool = True):
         """``fast_cpu_dropout``: train on the CPU with unipetl.dropout's sampler instead of torch's (the same
-        distribution to within 2^-17 at a quarter of the cost; nothing changes on a GPU or in eval mode)."""
+        distribution to within 2^-17 at under half the cost; nothing changes on a GPU or in eval mode)."""
         super().__init__()
         if not isinstance(config, PetlConfig):
             raise ConfigError(f"config must be a PetlConfig, got {type(config).__name__}")
