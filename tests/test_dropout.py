@@ -61,9 +61,12 @@ def test_seeded_like_torch_and_off_outside_cpu_training():
     torch.manual_seed(5)
     assert torch.equal(fast.dropout(x, 0.2), first)
     assert not torch.equal(fast.dropout(x, 0.2), first)  # the generator moved on
-    assert fast.dropout(x, 0.2, training=False) is x or torch.equal(fast.dropout(x, 0.2, training=False), x)
+    assert torch.equal(fast.dropout(x, 0.2, training=False), x)
     assert torch.equal(fast.dropout(x, 0.0), x)
     assert torch.equal(fast.dropout(x, 1.0), torch.zeros_like(x))
+    leaf = x.clone().requires_grad_()
+    fast.dropout(leaf, 1.0).sum().backward()
+    assert torch.equal(leaf.grad, torch.zeros_like(x))  # as torch's dropout at p = 1
     assert not fast.uses_fast_path(torch.empty(2, device="meta"), 0.2, True)
 
 

@@ -61,7 +61,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if not uses_fast_path(x, p, training):
         return F.dropout(x, p, training)
     if p >= 1:
-        return torch.zeros_like(x)  # as torch's: everything dropped
+        return x * 0.0  # as torch's: everything dropped, and a zero gradient
     return _FastDropout.apply(x, p)
 
 
