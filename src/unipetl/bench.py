@@ -3,6 +3,8 @@
 Each measurement runs in its own subprocess so that peak memory (the process's max RSS) belongs to
 one method only; rounds interleave the methods so that machine noise spreads over all of them, and
 results are reported as medians and as ratios to full fine-tuning measured in the same run.
+`paired_benchmark` instead trains each row side by side with its references in one process, a step of
+each in turn, for step-time ratios that the machine's drift between processes does not skew.
 """
 
 from __future__ import annotations
