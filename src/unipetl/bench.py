@@ -262,7 +262,8 @@ def benchmark(specs: list[MethodSpec], model_path: str, batch_size=16, seq_len=1
     rows = []
     ref = _summary(runs[reference])
     for spec in specs:
-        row = {"label": spec.label, "library": spec.library, "method": spec.method, "overrides": spec.overrides}
+        row = {"label": spec.label, "library": spec.library, "method": spec.method, "overrides": spec.overrides,
+               "fast_cpu_dropout": spec.fast_cpu_dropout and spec.library != "peft"}
         summary = _summary(runs[spec.label])
         row.update(summary)
         if "error" not in summary and "error" not in ref:
@@ -305,12 +306,15 @@ def to_markdown(result: dict) -> str:
     def ratio(row, key):
         return f"{row[key]:.2f}" if key in row else "–"
 
+    sampler_recorded = any("fast_cpu_dropout" in row for row in result["rows"])  # runs since unipetl.dropout
     lines = [f"Machine: {result['machine']}  ",
              f"Batch {result['batch_size']} x {result['seq_len']} tokens, {result['steps']} timed steps after "
              f"{result['warmup']} warm-up, {result['rounds']} rounds (medians); ratios are to `{result['reference']}` "
              "measured in the same run. Inference: a no-grad forward of the same batch (median over the timed steps). "
              "Training memory increase: "
-             "peak RSS during training minus RSS before it.", "",
+             "peak RSS during training minus RSS before it." + (
+                 " Dropout: our rows and the floor rows sample it with unipetl.dropout (CPU training) unless the "
+                 "label says torch dropout; PEFT's rows with torch's." if sampler_recorded else ""), "",
              "| method | library | trainable params | stored bytes | step (s) | step / full | inference (s) | inference / full "
              "| peak RSS (MB) | peak RSS / full | training memory increase (MB) | increase / full |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
