@@ -108,12 +108,7 @@ def dropout_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     if (module.training and fast.uses_fast_path(query, dropout, True) and position_bias is None
             and (query.shape[2] == 1 or not causal) and not kwargs.get("output_attentions")):
         scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-        bias = None
-        if attention_mask is not None:  # SDPA's mask: True/0 where attending
-            bias = attention_mask[..., :key.shape[2]]
-            if bias.dtype == torch.bool:
-                bias = torch.zeros(bias.shape, dtype=query.dtype, device=query.device).masked_fill(
-                    ~bias, torch.finfo(query.dtype).min)
+        bias = _token_bias(module, query, key, attention_mask, None, False)  # SDPA's bool mask as a float bias
         return attend(query, key, value, bias, dropout, scaling, True).transpose(1, 2).contiguous(), None
     if position_bias is not None:
         kwargs["position_bias"] = position_bias
