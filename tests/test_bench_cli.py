@@ -90,3 +90,22 @@ def test_paired_benchmark_reports_each_rows_ratio_to_every_reference(tiny_bert):
         ratio = row["ratios"][ref]
         assert len(ratio["per_round"]) == 2 and all(v > 0 for v in ratio["per_round"])
         assert ratio["median"] == pytest.approx(sum(ratio["per_round"]) / 2, abs=1e-4)  # two rounds: their mean
+
+
+def test_step_flops_equal_a_closed_form_count_of_the_matrix_products(tiny_bert):
+    from unipetl.bench import MethodSpec, step_flops
+
+    config = T.AutoConfig.from_pretrained(tiny_bert)
+    batch, length, d, ffn, labels = 2, 8, config.hidden_size, config.intermediate_size, 2
+    tokens = batch * length
+    linears = 2 * tokens * (4 * d * d + 2 * d * ffn)  # q, k, v, o and the two FFN linears of one layer
+    attention = 2 * (2 * batch * length * length * d)  # q k^T and probs v, all heads together
+    pooler, classifier = 2 * batch * d * d, 2 * batch * d * labels
+    forward = config.num_hidden_layers * (linears + attention) + pooler + classifier
+    # Full fine-tuning: every product has both its input's and its weight's gradient, twice its forward.
+    assert step_flops(MethodSpec("full", "unipetl", "full"), tiny_bert, batch, length) == 3 * forward
+    # Frozen backbone, trained head, a gate on layer 0's FFN output: the gradient crosses the layers above
+    # layer 0 (inputs' gradients only, both operands of each attention product), the frozen pooler (input
+    # only) and the classifier (both); no product in layer 0 has an operand that needs a gradient.
+    backward = (config.num_hidden_layers - 1) * (linears + 2 * attention) + pooler + 2 * classifier
+    assert step_flops(MethodSpec("floor", "floor", "ffn_output"), tiny_bert, batch, length) == forward + backward

@@ -170,6 +170,22 @@ def timed_step(model, optimizer, extra_loss, batch) -> float:
     return time.perf_counter() - start
 
 
+def step_flops(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int) -> int:
+    """Floating-point operations of one forward + backward of the row (torch's FlopCounterMode: matrix
+    products and attention; elementwise work is not counted). Unlike seconds, this count does not depend
+    on the machine: its ratio to full fine-tuning's is the step ratio that an implementation running its
+    matrix products as fast as full fine-tuning does would measure, before its other work."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, _, _, extra_loss, vocab_size = build(spec, model_path)
+    batch = random_batch(vocab_size, batch_size, seq_len)
+    with FlopCounterMode(display=False) as counter:
+        loss = model(**batch).loss
+        extra = extra_loss()
+        (loss if extra is None else loss + extra).backward()
+    return counter.get_total_flops()
+
+
 def measure(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
     """Train ``steps`` AdamW steps on random tokens; per-step seconds and memory. Runs in the worker."""
     model, optimizer, params, extra_loss, vocab_size = build(spec, model_path)

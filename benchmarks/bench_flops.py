@@ -1,0 +1,85 @@
+"""Floating-point operations of one training step (forward + backward) of every row of bench_core.py,
+as ratios to full fine-tuning's, beside issue 2's step-time targets.
+
+The count (unipetl.bench.step_flops: torch's FlopCounterMode over matrix products and attention) does
+not depend on the machine. A method whose FLOP ratio is above its target cannot meet that target
+against a full fine-tuning step that runs its matrix products as fast, whatever the implementation;
+only a slower full step (more non-matmul work per FLOP) leaves room. With --timed, measured step
+ratios from a bench_core.py --paired result stand beside the counts, and their difference is the
+time each method spends beyond its matrix products, relative to full's.
+
+    python benchmarks/bench_flops.py [--timed benchmarks/results/core_paired_cpu.json]
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench_core import SPECS, TARGETS
+
+from unipetl.bench import step_flops
+from unipetl.defaults import default_model_path
+
+
+def flops_markdown(result: dict, timed: dict | None) -> str:
+    full = result["flops"]["full"]
+    ratios = {label: flops / full for label, flops in result["flops"].items()}
+    lines = [f"Model: {result['model']}; batch {result['batch_size']} x {result['seq_len']} tokens; one forward + backward, "
+             "counted by torch's FlopCounterMode (matrix products and attention).", "",
+             "| row | library | GFLOP per step | FLOP / full |", "|---|---|---:|---:|"]
+    libraries = {spec.label: spec.library for spec in SPECS}
+    for label, flops in result["flops"].items():
+        lines.append(f"| {label} | {libraries[label]} | {flops / 1e9:.1f} | {ratios[label]:.3f} |")
+    references = list(timed["references"]) if timed else []
+    measured = {ref: {row["label"]: row["ratios"][ref]["median"] for row in timed["rows"] if ref in row["ratios"]}
+                for ref in references}
+    lines += ["", "Issue 2's targets against the FLOP ratio" + (
+        f" and the measured step ratios of {timed['source']}" if timed else "") + ":", "",
+        "| method | target | FLOP / full | target at or above the FLOP ratio? |"
+        + "".join(f" step / {ref} (measured) |" for ref in references),
+        "|---|---:|---:|---|" + "---:|" * len(references)]
+    for label, (target, _, _) in TARGETS.items():
+        if label not in ratios:
+            continue
+        cells = "".join(f" {measured[ref][label]:.3f} |" if label in measured[ref] else " – |" for ref in references)
+        lines.append(f"| {label} | {target:.2f} | {ratios[label]:.3f} | {'yes' if target >= ratios[label] else 'no'} |"
+                     + cells)
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--labels", nargs="+", help="count only these rows (full is always counted)")
+    parser.add_argument("--timed", help="a bench_core.py --paired result (.json) to set the measured ratios beside")
+    parser.add_argument("--output", default="benchmarks/results/core_flops")
+    args = parser.parse_args()
+    known = [spec.label for spec in SPECS]
+    unknown = set(args.labels or []) - set(known)
+    if unknown:
+        parser.error(f"unknown --labels {sorted(unknown)}; rows: {known}")
+    timed = None
+    if args.timed:
+        path = Path(args.timed)
+        if not path.is_file():
+            parser.error(f"--timed {path}: no such file; expected a bench_core.py --paired result (.json)")
+        timed = json.loads(path.read_text())
+        if "references" not in timed:
+            parser.error(f"--timed {path}: not a --paired result (it has no 'references' field)")
+        timed["source"] = path.name
+    model = default_model_path()
+    specs = [spec for spec in SPECS if spec.label == "full" or not args.labels or spec.label in args.labels]
+    result = {"model": json.loads(Path(model, "config.json").read_text()).get("_name_or_path") or Path(model).name,
+              "batch_size": args.batch_size, "seq_len": args.seq_len,
+              "flops": {spec.label: step_flops(spec, model, args.batch_size, args.seq_len) for spec in specs}}
+    text = f"Command: `python benchmarks/bench_flops.py {' '.join(sys.argv[1:])}`\n\n" + flops_markdown(result, timed)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output + ".json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.output + ".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
