@@ -54,6 +54,72 @@ def test_lora_equals_peft_lora_with_the_same_weights(family):
     torch.testing.assert_close(logits(ours, batch), logits(theirs, batch), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_gradients_equal_peft_lora_gradients(family):
+    """The fused frozen-linear + low-rank backward (forms._FrozenLinearPlusLowRank) against PEFT's autograd."""
+    batch = tiny_batch(family)
+    ours = unipetl.get_petl_model(tiny_model(family), PetlConfig(attn_mode="lora", attn_bn=4, lora_alpha=12)).eval()
+    randomize(ours)
+    theirs = peft.get_peft_model(tiny_model(family), peft.LoraConfig(r=4, lora_alpha=12, target_modules=PEFT_TARGETS[family]))
+    pairs = []
+    with torch.no_grad():
+        for path, module in theirs.base_model.model.named_modules():
+            if hasattr(module, "lora_A") and "default" in module.lora_A:
+                mine = ours.model.get_submodule(path).lora.source
+                module.lora_A["default"].weight.copy_(mine.get("lora_A"))
+                module.lora_B["default"].weight.copy_(mine.get("lora_B"))
+                pairs += [(mine.get("lora_A"), module.lora_A["default"].weight),
+                          (mine.get("lora_B"), module.lora_B["default"].weight)]
+    theirs.eval()
+    for model in (ours, theirs):
+        model(**batch).loss.backward()
+    for mine, peers in pairs:
+        assert mine.grad is not None and mine.grad.abs().sum() > 0
+        torch.testing.assert_close(mine.grad, peers.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_fused_lora_linear_equals_the_unfused_composition(bias, dropout, input_grad):
+    """Values and gradients of LowRank.add_to against linear(x) + LowRank(x), in float64, same dropout draw."""
+    from unipetl.forms import LowRank, OwnedParams
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(12, 10, bias=bias).double().requires_grad_(False)
+    lora = LowRank(OwnedParams({"lora_A": torch.randn(3, 12), "lora_B": torch.randn(10, 3)}), rank=3, alpha=6.0,
+                   dropout=dropout).double().train()
+    x = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=input_grad)
+    upstream = torch.randn(2, 5, 10, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(1)
+        out = lora.add_to(linear, x) if fused else linear(x) + lora(x)
+        grads = torch.autograd.grad(out, [t for t in (x, *lora.parameters()) if t.requires_grad], upstream)
+        results.append((out, grads))
+    (fused_out, fused_grads), (plain_out, plain_grads) = results
+    torch.testing.assert_close(fused_out, plain_out, atol=1e-12, rtol=0)
+    assert len(fused_grads) == len(plain_grads) == 2 + input_grad
+    for mine, reference in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(mine, reference, atol=1e-12, rtol=0)
+
+
+def test_fused_lora_linear_falls_back_where_the_linear_is_trained_or_hooked():
+    """A trained base weight needs its own gradient, and a hook (BitFit's BiasDelta) must still run."""
+    from unipetl.forms import LowRank, OwnedParams
+
+    torch.manual_seed(0)
+    lora = LowRank(OwnedParams({"lora_A": torch.randn(3, 12), "lora_B": torch.randn(10, 3)}), rank=3, alpha=6.0)
+    x = torch.randn(4, 12)
+    trained = torch.nn.Linear(12, 10)
+    lora.add_to(trained, x).sum().backward()
+    assert trained.weight.grad is not None and trained.bias.grad is not None
+    hooked = torch.nn.Linear(12, 10).requires_grad_(False)
+    hooked.register_forward_hook(lambda module, args, output: output + 100.0)
+    torch.testing.assert_close(lora.add_to(hooked, x), hooked(x) + lora(x))
+    assert lora.add_to(hooked, x).min() > 50
+
+
 @pytest.mark.parametrize("family", ["bert", "bart"])
 def test_exported_lora_loads_in_peft_to_the_same_logits(family, tmp_path):
     batch = tiny_batch(family)

@@ -67,9 +67,7 @@ class LinearWithChanges(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_adapter is not None:
             x = x + self.input_adapter(self.input_capture.value)
-        out = self.base(x)
-        if self.lora is not None:
-            out = out + self.lora(x)
+        out = self.base(x) if self.lora is None else self.lora.add_to(self.base, x)
         if self.output_adapter is not None:
             if self.output_mode == "sequential":
                 out = out + self.output_adapter(out)
