@@ -161,6 +161,33 @@ def _pad_bias(mask):
     return (1.0 - mask.float()) * torch.finfo(torch.float32).min
 
 
+@pytest.mark.parametrize("family", ["bert", "bart"])
+def test_prefix_mlp_runs_once_per_forward_with_the_per_site_values_and_gradients(family):
+    """PetlModel.forward shares one pass of each prefix MLP among its sites (PrefixGenerator.one_pass);
+    the backbone called directly computes each site's rows on its own. Same logits, same gradients."""
+    batch = tiny_batch(family)
+    petl = unipetl.get_petl_model(tiny_model(family), PetlConfig(attn_mode="prefix", attn_option="concat", attn_bn=3,
+                                                                            mid_dim=8)).eval()
+    randomize(petl)
+    generators = [m for m in petl.methods.values() if isinstance(m, unipetl.forms.PrefixGenerator)]
+    calls = []
+    for generator in generators:
+        generator.mlp_out.register_forward_hook(lambda *args: calls.append(1))
+    results = []
+    for forward in (petl, petl.model):  # shared pass; per-site rows
+        calls.clear()
+        out = forward(**batch)
+        grads = torch.autograd.grad(out.loss, list(petl.methods.parameters()))
+        results.append((out.logits, grads, len(calls)))
+    (shared_logits, shared_grads, shared_calls), (site_logits, site_grads, site_calls) = results
+    assert shared_calls == len(generators) == (1 if family == "bert" else 3)  # BART: encoder, decoder, cross
+    assert site_calls == 0  # the per-site path slices mlp_out's weight instead of calling it
+    torch.testing.assert_close(shared_logits, site_logits, atol=1e-6, rtol=0)
+    for shared, per_site in zip(shared_grads, site_grads):
+        torch.testing.assert_close(shared, per_site, atol=1e-6, rtol=1e-5)
+    assert all(not g._in_pass and g._all_sites is None for g in generators)  # nothing kept after the forward
+
+
 def test_prefix_equals_hand_computed_attention_on_bert():
     batch = tiny_batch("bert")
     petl = unipetl.get_petl_model(tiny_model("bert"), PetlConfig.from_preset("prefix", attn_bn=5, mid_dim=12)).eval()

@@ -8,6 +8,7 @@ reads them from a *parameter source* (`source.get(name)`), so the same form runs
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -152,8 +153,11 @@ class LowRank(nn.Module):
 class PrefixGenerator(nn.Module):
     """Li & Liang's reparameterisation: E (l x d) -> Linear(d, mid) -> tanh -> Linear(mid, n * 2d).
 
-    Row block i of the output is the key/value prefix of attention site i. Computing only the rows of
-    one site keeps every call independent (no cache to invalidate between encoder and decoder calls).
+    Row block i of the output is the key/value prefix of attention site i. Outside `one_pass`, a call
+    computes only the rows of its site, so every call is independent (nothing to invalidate between
+    encoder and decoder calls, or between training steps). Inside `one_pass` (one forward of PetlModel),
+    the first call computes every site's rows and later calls take theirs: per-site rows are slices of
+    mlp_out's (n * 2d x mid) weight, and each slice's backward fills a gradient of the whole weight.
     """
 
     def __init__(self, length: int, hidden: int, mid_dim: int, n_sites: int, dropout: float = 0.0):
@@ -163,18 +167,36 @@ class PrefixGenerator(nn.Module):
         self.mlp_in = nn.Linear(hidden, mid_dim)
         self.mlp_out = nn.Linear(mid_dim, n_sites * 2 * hidden)
         self.dropout = nn.Dropout(dropout)
+        self._in_pass = False
+        self._all_sites: torch.Tensor | None = None  # (n, l, 2d), inside one_pass only
 
     def site_prefix(self, index: int) -> torch.Tensor:
         """(l, 2d) key/value prefix of site ``index``."""
+        if self._in_pass:
+            if self._all_sites is None:
+                self._all_sites = self._every_site()
+            return self.dropout(self._all_sites[index])
         rows = slice(index * 2 * self.hidden, (index + 1) * 2 * self.hidden)
         mid = torch.tanh(self.mlp_in(self.embedding))
         return self.dropout(F.linear(mid, self.mlp_out.weight[rows], self.mlp_out.bias[rows]))
 
+    def _every_site(self) -> torch.Tensor:
+        mid = torch.tanh(self.mlp_in(self.embedding))
+        return self.mlp_out(mid).view(len(self.embedding), self.n_sites, 2 * self.hidden).transpose(0, 1)
+
+    @contextmanager
+    def one_pass(self):
+        """Share one computation of every site's prefix among the calls made inside (one forward)."""
+        self._in_pass, self._all_sites = True, None
+        try:
+            yield
+        finally:
+            self._in_pass, self._all_sites = False, None
+
     @torch.no_grad()
     def eject(self) -> torch.Tensor:
         """All sites' prefixes (n, l, 2d): what is stored once training is over."""
-        mid = torch.tanh(self.mlp_in(self.embedding))
-        return self.mlp_out(mid).view(len(self.embedding), self.n_sites, 2 * self.hidden).transpose(0, 1).contiguous()
+        return self._every_site().contiguous()
 
 
 class FlatPrefix(nn.Module):

@@ -8,7 +8,7 @@ backbone only reference them. Nothing here knows a module name of a backbone fam
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -362,9 +362,16 @@ class PetlModel(nn.Module):
     def forward(self, *args, **kwargs):
         if self.diff is not None:  # theta_pre + delta, without writing into the frozen backbone
             return torch.func.functional_call(self.model, self._diffed_parameters(), args, kwargs, strict=False)
-        if self.prompt is not None:
-            return self._forward_with_prompt(args, kwargs)
-        return self.model(*args, **kwargs)
+        with ExitStack() as stack:
+            for generator in self._prefix_generators:  # every site's prefix computed once per forward
+                stack.enter_context(generator.one_pass())
+            if self.prompt is not None:
+                return self._forward_with_prompt(args, kwargs)
+            return self.model(*args, **kwargs)
+
+    @property
+    def _prefix_generators(self) -> list[PrefixGenerator]:
+        return [module for module in self.methods.values() if isinstance(module, PrefixGenerator)]
 
     def _forward_with_prompt(self, args, kwargs):
         kwargs = self._with_prompt(kwargs)
