@@ -13,6 +13,7 @@ time each method spends beyond its matrix products, relative to full's.
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def main():
     result = {"model": json.loads(Path(model, "config.json").read_text()).get("_name_or_path") or Path(model).name,
               "batch_size": args.batch_size, "seq_len": args.seq_len,
               "flops": {spec.label: step_flops(spec, model, args.batch_size, args.seq_len) for spec in specs}}
-    text = f"Command: `python benchmarks/bench_flops.py {' '.join(sys.argv[1:])}`\n\n" + flops_markdown(result, timed)
+    text = f"Command: `python benchmarks/bench_flops.py {shlex.join(sys.argv[1:])}`\n\n" + flops_markdown(result, timed)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output + ".json").write_text(json.dumps(result, indent=1) + "\n")
     Path(args.output + ".md").write_text(text)
