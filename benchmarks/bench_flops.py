@@ -2,9 +2,10 @@
 as ratios to full fine-tuning's, beside issue 2's step-time targets.
 
 The count (unipetl.bench.step_flops: torch's FlopCounterMode over matrix products and attention) does
-not depend on the machine. A method whose FLOP ratio is above its target cannot meet that target
-against a full fine-tuning step that runs its matrix products as fast, whatever the implementation;
-only a slower full step (more non-matmul work per FLOP) leaves room. With --timed, measured step
+not depend on the machine. A method whose FLOP ratio is above its target, against a full fine-tuning
+step that runs its matrix products as fast, meets that target only if full fine-tuning spends more of
+its step outside the products than the method does (its optimizer step over every weight, for one),
+whatever the implementation. With --timed, measured step
 ratios from a bench_core.py --paired result stand beside the counts, and their difference is the
 time each method spends beyond its matrix products, relative to full's.
 

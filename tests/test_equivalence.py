@@ -34,30 +34,9 @@ def test_identity_at_initialisation(family, preset):
     assert torch.equal(logits(petl, batch), reference)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_lora_equals_peft_lora_with_the_same_weights(family):
-    batch = tiny_batch(family)
-    ours = unipetl.get_petl_model(tiny_model(family), PetlConfig(attn_mode="lora", attn_bn=4, lora_alpha=12)).eval()
-    randomize(ours)
-    theirs = peft.get_peft_model(tiny_model(family), peft.LoraConfig(r=4, lora_alpha=12, target_modules=PEFT_TARGETS[family]))
-    copied = 0
-    with torch.no_grad():
-        for path, module in theirs.base_model.model.named_modules():
-            if hasattr(module, "lora_A") and "default" in module.lora_A:
-                mine = ours.model.get_submodule(path).lora.source
-                module.lora_A["default"].weight.copy_(mine.get("lora_A"))
-                module.lora_B["default"].weight.copy_(mine.get("lora_B"))
-                copied += 1
-    n_attn = 2 if family in ENCODERS else 6
-    assert copied == 2 * n_attn
-    theirs.eval()
-    torch.testing.assert_close(logits(ours, batch), logits(theirs, batch), atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_lora_gradients_equal_peft_lora_gradients(family):
-    """The fused frozen-linear + low-rank backward (forms._FrozenLinearPlusLowRank) against PEFT's autograd."""
-    batch = tiny_batch(family)
+def lora_twins(family):
+    """Our LoRA (r=4 on q,v, random weights) and PEFT's with the same weights copied in, both in eval
+    mode, and the (ours, PEFT's) pairs of factor tensors."""
     ours = unipetl.get_petl_model(tiny_model(family), PetlConfig(attn_mode="lora", attn_bn=4, lora_alpha=12)).eval()
     randomize(ours)
     theirs = peft.get_peft_model(tiny_model(family), peft.LoraConfig(r=4, lora_alpha=12, target_modules=PEFT_TARGETS[family]))
@@ -70,7 +49,23 @@ def test_lora_gradients_equal_peft_lora_gradients(family):
                 module.lora_B["default"].weight.copy_(mine.get("lora_B"))
                 pairs += [(mine.get("lora_A"), module.lora_A["default"].weight),
                           (mine.get("lora_B"), module.lora_B["default"].weight)]
-    theirs.eval()
+    n_attn = 2 if family in ENCODERS else 6
+    assert len(pairs) == 2 * 2 * n_attn  # A and B on q and v of every attention
+    return ours, theirs.eval(), pairs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_equals_peft_lora_with_the_same_weights(family):
+    batch = tiny_batch(family)
+    ours, theirs, _ = lora_twins(family)
+    torch.testing.assert_close(logits(ours, batch), logits(theirs, batch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_gradients_equal_peft_lora_gradients(family):
+    """The fused frozen-linear + low-rank backward (forms._FrozenLinearPlusLowRank) against PEFT's autograd."""
+    batch = tiny_batch(family)
+    ours, theirs, pairs = lora_twins(family)
     for model in (ours, theirs):
         model(**batch).loss.backward()
     for mine, peers in pairs:
