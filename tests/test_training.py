@@ -64,6 +64,28 @@ def test_train_writes_module_and_results_and_evaluate_agrees(tiny_bert, tmp_path
 
 
 @needs_glue
+@pytest.mark.parametrize("flag", [[], ["--torch-dropout"]])
+def test_torch_dropout_flag_keeps_torchs_sampler(flag, tiny_bert, tmp_path, monkeypatch):
+    import unipetl.model
+
+    switched = []  # the modules each PetlModel moved to unipetl.dropout's sampler
+    real = unipetl.model.enable_fast_dropout
+
+    def spy(model):
+        modules = real(model)
+        switched.extend(modules)
+        return modules
+
+    monkeypatch.setattr(unipetl.model, "enable_fast_dropout", spy)
+    out = tmp_path / "run"
+    code = run_cli("train", "--task", "cb", "--method", "lora", "--model", tiny_bert, "--data-dir", GLUE, "--output-dir", out,
+                   "--max-steps", 1, "--max-train-samples", 8, "--max-length", 16, "--no-progress", *flag)
+    assert code == 0
+    assert json.loads((out / "results.json").read_text())["options"]["fast_cpu_dropout"] is not bool(flag)
+    assert (len(switched) > 0) is not bool(flag)
+
+
+@needs_glue
 def test_predict_gives_one_line_per_input(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
     train_task("sst2", "lora", tiny_bert, str(GLUE), str(out), quick(), log=lambda m: None)

@@ -59,6 +59,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--torch-dropout", action="store_true",
+                        help="CPU training: draw dropout masks with torch's sampler, not unipetl's faster one")
     custom = parser.add_argument_group(
         "your own data (CSV, TSV or JSONL with a header / keys), or the files of squad (SQuAD .json/.jsonl) and "
         "xsum / wmt16_en_ro / wmt16_ro_en (JSONL or TSV)")
@@ -161,7 +163,7 @@ def cmd_train(args) -> int:
         max_train_samples=args.max_train_samples, max_validation_samples=args.max_validation_samples,
         early_stopping_patience=args.early_stopping_patience,
         precision=args.precision, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
-        progress=not args.no_progress)
+        progress=not args.no_progress, fast_cpu_dropout=not args.torch_dropout)
     if getattr(args, "each", False):
         return _train_each(args, options)
     if "," in args.task or getattr(args, "multitask", False):

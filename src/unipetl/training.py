@@ -55,6 +55,7 @@ class TrainOptions:
     precision: str = "auto"  # fp32 | fp16 | bf16 | auto (bf16 where the GPU has it, else fp32)
     logging_steps: int = 50
     progress: bool = True
+    fast_cpu_dropout: bool = True  # CPU training: unipetl.dropout's sampler (False: torch's)
 
     def validate(self) -> None:
         if self.max_steps <= 0 and not self.epochs > 0:
@@ -363,10 +364,11 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     set_seed(options.seed)  # head and method initialisation (adapters, LoRA, mask scores) are part of the seeded run
     backbone = io.load_backbone(model)
     if config.param_source == "scaled_mixture":
-        petl = get_transfer_model(backbone.model, sources, method, **(overrides or {}))
+        petl = get_transfer_model(backbone.model, sources, method, fast_cpu_dropout=options.fast_cpu_dropout,
+                                  **(overrides or {}))
         config = petl.config
     else:
-        petl = get_petl_model(backbone.model, config)
+        petl = get_petl_model(backbone.model, config, fast_cpu_dropout=options.fast_cpu_dropout)
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
 
     created = prepare_output_dir(out, resume, overwrite)
@@ -547,7 +549,8 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     if len({b.mode == "text_to_text" for b in backbones}) > 1:
         raise ConfigError("all tasks of a multi-task run must use the same backbone mode")
     share_backbone([b.model for b in backbones])
-    petl = PetlModel(backbones[0].model, config, tasks=[s.name for s in specs])
+    petl = PetlModel(backbones[0].model, config, tasks=[s.name for s in specs],
+                     fast_cpu_dropout=options.fast_cpu_dropout)
     joint = MultiTaskModel(petl, [s.name for s in specs], [b.model for b in backbones])
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
 

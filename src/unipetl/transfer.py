@@ -214,9 +214,11 @@ def transfer_regularizer(petl) -> torch.Tensor | None:
     return petl.config.fusion_regularization * sum(f.value_regularizer() for f in fusions)
 
 
-def get_transfer_model(model: nn.Module, sources: list, method: str = "scalearn", **overrides):
+def get_transfer_model(model: nn.Module, sources: list, method: str = "scalearn", *, fast_cpu_dropout: bool = True,
+                       **overrides):
     """Stage 2 on ``model`` (a fresh backbone with a new head): ``sources`` are task-module directories
-    (or `SourceAdapter`s); backbone and sources frozen, the combination layer and head trainable."""
+    (or `SourceAdapter`s); backbone and sources frozen, the combination layer and head trainable.
+    ``fast_cpu_dropout``: as for PetlModel."""
     from .config import PetlConfig
     from .model import PetlModel
 
@@ -233,7 +235,7 @@ def get_transfer_model(model: nn.Module, sources: list, method: str = "scalearn"
     if not loaded:
         check_sources(loaded, 0, 0)
     values["ffn_bn"] = loaded[0].rank
-    return PetlModel(model, PetlConfig(**values), sources=loaded)
+    return PetlModel(model, PetlConfig(**values), sources=loaded, fast_cpu_dropout=fast_cpu_dropout)
 
 
 def sources_for_module(model: nn.Module, config, directory, sources: list | None = None) -> list[SourceAdapter]:
