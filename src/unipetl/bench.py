@@ -24,15 +24,17 @@ import torch
 @dataclass(frozen=True)
 class MethodSpec:
     label: str
-    library: str  # "unipetl", "peft", or "floor" (no method: see floor_model)
+    library: str  # "unipetl", "peft", "floor" (no method: see floor_model) or "plain" (transformers' model, all trained)
     method: str  # preset name, "lora"/"prefix" for PEFT, or a key of FLOOR_SITES
     overrides: dict = field(default_factory=dict)
     stage: str = ""  # "fixed_mask": a diff-pruning model projected to its density before timing (stage 3)
     fast_cpu_dropout: bool = True  # ours and the floor rows: unipetl.dropout's sampler (PEFT rows: torch's)
+    first_position_only: bool = True  # ours and the floor rows: the last layer's FFN at [CLS] only (first_position.py)
 
     def to_json(self) -> str:
         return json.dumps({"label": self.label, "library": self.library, "method": self.method, "overrides": self.overrides,
-                           "stage": self.stage, "fast_cpu_dropout": self.fast_cpu_dropout})
+                           "stage": self.stage, "fast_cpu_dropout": self.fast_cpu_dropout,
+                           "first_position_only": self.first_position_only})
 
 
 def _peft_model(base, spec: MethodSpec):
@@ -58,13 +60,15 @@ FLOOR_SITES = {
 }
 
 
-def floor_model(base, site: str, fast_cpu_dropout: bool = True):
+def floor_model(base, site: str, fast_cpu_dropout: bool = True, first_position_only: bool = True):
     """A PETL step without a method: the backbone frozen, only the head trained, and the output of each
     linear layer in FLOOR_SITES[site] of the first layer multiplied by one trainable scalar (1.0), so that
     autograd must carry the input gradient down to where the method's parameters would be. Its step time
     is what any method of that kind pays before its own cost: full fine-tuning's minus the frozen
     weights' gradients and their optimizer step. With ``fast_cpu_dropout``, dropout is sampled as a
-    PetlModel samples it (unipetl.dropout)."""
+    PetlModel samples it (unipetl.dropout); with ``first_position_only``, the last layer's FFN runs at the
+    first position only, as a PetlModel runs it for this head (unipetl.first_position)."""
+    from . import first_position
     from .attention import enable_dropout_attention
     from .dropout import enable_fast_dropout
     from .model import head_parameter_names
@@ -78,7 +82,10 @@ def floor_model(base, site: str, fast_cpu_dropout: bool = True):
         param.requires_grad_(False)
     for name in head_parameter_names(base):
         base.get_parameter(name).requires_grad_(True)
-    layer = resolve_sites(base).layers[0]
+    sites = resolve_sites(base)
+    if first_position_only and first_position.applies(base, sites, {}):
+        first_position.register(sites)  # for the model's lifetime: nothing else reads the other positions here
+    layer = sites.layers[0]
     modules = {"q": layer.attention[0].q, "v": layer.attention[0].v, "ffn_out": layer.ffn_out}
     gate = torch.nn.Parameter(torch.ones(()))
     base.register_parameter("floor_gate", gate)
@@ -109,7 +116,7 @@ def stored_bytes(model, spec: MethodSpec) -> int | None:
     import tempfile
     from pathlib import Path
 
-    if spec.library == "floor":
+    if spec.library in ("floor", "plain"):
         return None
     if spec.library == "unipetl":
         if model.diff is not None and spec.stage != "fixed_mask":  # stored after projection to its density
@@ -134,10 +141,13 @@ def build(spec: MethodSpec, model_path: str):
     if spec.library == "peft":
         model = _peft_model(base, spec)
     elif spec.library == "floor":
-        model = floor_model(base, spec.method, spec.fast_cpu_dropout)
+        model = floor_model(base, spec.method, spec.fast_cpu_dropout, spec.first_position_only)
+    elif spec.library == "plain":  # full fine-tuning as transformers runs it, the baseline peers report against
+        model = base
     else:
         model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset(spec.method, **spec.overrides),
                                        fast_cpu_dropout=spec.fast_cpu_dropout)
+        model.first_position_only = spec.first_position_only
         if spec.stage == "fixed_mask":
             with torch.no_grad():
                 model.diff.weight.normal_()
@@ -279,7 +289,8 @@ def benchmark(specs: list[MethodSpec], model_path: str, batch_size=16, seq_len=1
     ref = _summary(runs[reference])
     for spec in specs:
         row = {"label": spec.label, "library": spec.library, "method": spec.method, "overrides": spec.overrides,
-               "fast_cpu_dropout": spec.fast_cpu_dropout and spec.library != "peft"}
+               "fast_cpu_dropout": spec.fast_cpu_dropout and spec.library not in ("peft", "plain"),
+               "first_position_only": spec.first_position_only and spec.library not in ("peft", "plain")}
         summary = _summary(runs[spec.label])
         row.update(summary)
         if "error" not in summary and "error" not in ref:

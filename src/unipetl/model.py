@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import attention as prefix_attention
+from . import first_position
 from .config import PetlConfig
 from .diff import GatedDiff, SparseDiff, decode_indices, diff_layout, encode_indices, project_to_density
 from .dropout import disable_fast_dropout, enable_fast_dropout
@@ -105,6 +106,9 @@ class PetlModel(nn.Module):
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}  # for unload
         self._sources = sources  # frozen source adapters of a transfer method (transfer.py)
         self.fast_cpu_dropout = fast_cpu_dropout
+        # Where the head reads only the first position of the last layer, run that layer's FFN only there
+        # (first_position.py): the same logits and gradients, a shorter step. False keeps every position.
+        self.first_position_only = True
         self._attach()
         self._set_trainable()
         self._fast_dropouts = enable_fast_dropout(self) if fast_cpu_dropout else []  # to switch back on unload
@@ -360,9 +364,11 @@ class PetlModel(nn.Module):
 
     # ================================================================= running
     def forward(self, *args, **kwargs):
-        if self.diff is not None:  # theta_pre + delta, without writing into the frozen backbone
-            return torch.func.functional_call(self.model, self._diffed_parameters(), args, kwargs, strict=False)
         with ExitStack() as stack:
+            if self.first_position_only:
+                stack.enter_context(first_position.first_position_only(self.model, self.sites, kwargs))
+            if self.diff is not None:  # theta_pre + delta, without writing into the frozen backbone
+                return torch.func.functional_call(self.model, self._diffed_parameters(), args, kwargs, strict=False)
             for generator in self._prefix_generators:  # every site's prefix computed once per forward
                 stack.enter_context(generator.one_pass())
             if self.prompt is not None:

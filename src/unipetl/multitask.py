@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Sampler
 
 from .errors import ConfigError
+from .first_position import first_position_only
 
 
 def share_backbone(models: list[nn.Module]) -> None:
@@ -48,7 +49,11 @@ class MultiTaskModel(nn.Module):
         self.petl.set_task(name)
         if self.petl.prompt is not None:
             inputs = self.petl._with_prompt(inputs)
-        return self._task_models[name](**inputs)
+        model = self._task_models[name]
+        if not self.petl.first_position_only:
+            return model(**inputs)
+        with first_position_only(model, self.petl.sites, inputs):
+            return model(**inputs)
 
     def parameter_groups(self, learning_rate: float, weight_decay: float) -> list[dict]:
         return type(self.petl).parameter_groups(self, learning_rate, weight_decay)

@@ -32,6 +32,9 @@ class StackTable:
     ffn_in: tuple[str, ...]  # first FFN linear(s); T5 v1.1 has two (gated)
     ffn_out: str
     ffn_layernorm: str | None  # post-LN models: the LN after the FFN residual
+    # The attention sub-layer whose output (after its residual and LN) is the FFN's input, for running the
+    # last layer's FFN at the first position only (first_position.py); None where that is not used.
+    attention_block: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class FamilyTable:
     # Families whose attention does not go through transformers' attention interface need their
     # attention forward replaced for prefix tuning (see attention.py).
     manual_attention: bool = False
+    # Model classes whose head reads the last layer at the first position only ([CLS] / <s>, directly or
+    # through the pooler): their last layer's FFN need not run elsewhere (first_position.py).
+    first_position_heads: tuple[str, ...] = ()
 
 
 _BERT_LIKE_ATTENTION = (
@@ -55,13 +61,16 @@ FAMILIES: tuple[FamilyTable, ...] = (
         family="bert",
         model_types=("bert",),
         stacks=(StackTable("encoder", "encoder.layer", _BERT_LIKE_ATTENTION, ("intermediate.dense",), "output.dense",
-                           "output.LayerNorm"),),
+                           "output.LayerNorm", "attention"),),
+        first_position_heads=("BertForSequenceClassification", "BertForMultipleChoice"),
     ),
     FamilyTable(
         family="roberta",
         model_types=("roberta", "xlm-roberta"),
         stacks=(StackTable("encoder", "encoder.layer", _BERT_LIKE_ATTENTION, ("intermediate.dense",), "output.dense",
-                           "output.LayerNorm"),),
+                           "output.LayerNorm", "attention"),),
+        first_position_heads=("RobertaForSequenceClassification", "RobertaForMultipleChoice",
+                              "XLMRobertaForSequenceClassification", "XLMRobertaForMultipleChoice"),
     ),
     FamilyTable(
         family="mpnet",
@@ -70,8 +79,9 @@ FAMILIES: tuple[FamilyTable, ...] = (
             "encoder", "encoder.layer",
             (AttentionTable("self", "attention.attn", "attention.attn.q", "attention.attn.k", "attention.attn.v",
                             "attention.attn.o"),),
-            ("intermediate.dense",), "output.dense", "output.LayerNorm"),),
+            ("intermediate.dense",), "output.dense", "output.LayerNorm", "attention"),),
         manual_attention=True,
+        first_position_heads=("MPNetForSequenceClassification", "MPNetForMultipleChoice"),
     ),
     FamilyTable(
         family="t5",
@@ -150,6 +160,7 @@ class LayerSites:
     ffn_out: nn.Linear
     ffn_layernorm: nn.Module | None
     paths: dict[str, str] = field(default_factory=dict)  # "ffn_in.i", "ffn_out", "ffn_layernorm" -> full path
+    attention_block: nn.Module | None = None  # the module at StackTable.attention_block
 
 
 @dataclass
@@ -200,7 +211,8 @@ def resolve_sites(model: nn.Module) -> BackboneSites:
                 paths["ffn_layernorm"] = join(f"{prefix}.{stack.ffn_layernorm}")
             layers.append(LayerSites(
                 stack.name, index, attention, [m for m, _ in ffn_in], _get(layer, stack.ffn_out),
-                _get(layer, stack.ffn_layernorm) if stack.ffn_layernorm else None, paths))
+                _get(layer, stack.ffn_layernorm) if stack.ffn_layernorm else None, paths,
+                _get(layer, stack.attention_block) if stack.attention_block else None))
     if not layers:
         raise UnsupportedModelError(f"no transformer layers found in {type(model).__name__} at the expected paths")
     return BackboneSites(family, layers, base_prefix)
