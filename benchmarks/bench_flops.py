@@ -1,5 +1,6 @@
 """Floating-point operations of one training step (forward + backward) of every row of bench_core.py,
-as ratios to full fine-tuning's, beside issue 2's step-time targets.
+as ratios to full fine-tuning's (our `full`, and transformers' plain one when the `full (plain
+transformers)` row is counted), beside issue 2's step-time targets.
 
 The count (unipetl.bench.step_flops: torch's FlopCounterMode over matrix products and attention) does
 not depend on the machine. A method whose FLOP ratio is above its target, against a full fine-tuning
@@ -24,29 +25,37 @@ from unipetl.bench import step_flops
 from unipetl.defaults import default_model_path
 
 
+PLAIN = "full (plain transformers)"
+
+
 def flops_markdown(result: dict, timed: dict | None) -> str:
-    full = result["flops"]["full"]
-    ratios = {label: flops / full for label, flops in result["flops"].items()}
+    flops = result["flops"]
+    # FLOP ratios to our full and, when it was counted, to transformers' plain full fine-tuning
+    bases = ["full"] + ([PLAIN] if PLAIN in flops else [])
+    ratios = {base: {label: count / flops[base] for label, count in flops.items()} for base in bases}
     lines = [f"Model: {result['model']}; batch {result['batch_size']} x {result['seq_len']} tokens; one forward + backward, "
              "counted by torch's FlopCounterMode (matrix products and attention).", "",
-             "| row | library | GFLOP per step | FLOP / full |", "|---|---|---:|---:|"]
+             "| row | library | GFLOP per step |" + "".join(f" FLOP / {base} |" for base in bases),
+             "|---|---|---:|" + "---:|" * len(bases)]
     libraries = {spec.label: spec.library for spec in SPECS}
-    for label, flops in result["flops"].items():
-        lines.append(f"| {label} | {libraries[label]} | {flops / 1e9:.1f} | {ratios[label]:.3f} |")
+    for label, count in flops.items():
+        lines.append(f"| {label} | {libraries[label]} | {count / 1e9:.1f} |"
+                     + "".join(f" {ratios[base][label]:.3f} |" for base in bases))
     references = list(timed["references"]) if timed else []
     measured = {ref: {row["label"]: row["ratios"][ref]["median"] for row in timed["rows"] if ref in row["ratios"]}
                 for ref in references}
     lines += ["", "Issue 2's targets against the FLOP ratio" + (
         f" and the measured step ratios of {timed['source']}" if timed else "") + ":", "",
-        "| method | target | FLOP / full | target at or above the FLOP ratio? |"
+        "| method | target |" + "".join(f" FLOP / {base} | target at or above it? |" for base in bases)
         + "".join(f" step / {ref} (measured) |" for ref in references),
-        "|---|---:|---:|---|" + "---:|" * len(references)]
+        "|---|---:|" + "---:|---|" * len(bases) + "---:|" * len(references)]
     for label, (target, _, _) in TARGETS.items():
-        if label not in ratios:
+        if label not in flops:
             continue
+        counted = "".join(f" {ratios[base][label]:.3f} | {'yes' if target >= ratios[base][label] else 'no'} |"
+                          for base in bases)
         cells = "".join(f" {measured[ref][label]:.3f} |" if label in measured[ref] else " – |" for ref in references)
-        lines.append(f"| {label} | {target:.2f} | {ratios[label]:.3f} | {'yes' if target >= ratios[label] else 'no'} |"
-                     + cells)
+        lines.append(f"| {label} | {target:.2f} |" + counted + cells)
     return "\n".join(lines) + "\n"
 
 

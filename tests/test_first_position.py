@@ -137,3 +137,24 @@ def test_the_backbone_called_directly_keeps_every_position():
         petl(**tiny_batch("bert"))
         petl.model(**tiny_batch("bert"))
     assert lengths == [7, 1, 7]  # the slice lives only inside PetlModel.forward
+
+
+def test_multi_task_batches_run_the_last_ffn_at_the_first_position():
+    """MultiTaskModel calls each task's model itself (one shared backbone, a head per task)."""
+    from unipetl.multitask import MultiTaskModel, share_backbone
+
+    models = [tiny_model("bert", num_labels=3), tiny_model("bert", num_labels=2, seed=5)]
+    share_backbone(models)
+    petl = unipetl.PetlModel(models[0], PetlConfig.from_preset("proadapter", mask_keep=0.3), tasks=["a", "b"])
+    randomize(petl)
+    joint = MultiTaskModel(petl, ["a", "b"], models).eval()
+    lengths = last_ffn_lengths(petl)
+    batch = {k: v for k, v in tiny_batch("bert").items() if k != "labels"}
+    with torch.no_grad():
+        sliced = [joint(task=torch.tensor(i), **batch).logits for i in (0, 1)]
+        sliced_lengths, lengths[:] = set(lengths), []
+        petl.first_position_only = False
+        every = [joint(task=torch.tensor(i), **batch).logits for i in (0, 1)]
+    assert sliced_lengths == {1} and set(lengths) == {7}
+    for a, b in zip(sliced, every):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
