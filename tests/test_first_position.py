@@ -10,8 +10,7 @@ import unipetl
 from unipetl import PetlConfig
 from tiny_models import ENCODERS, FFN, HEADS, HIDDEN, LAYERS, VOCAB, tiny_batch, tiny_model
 
-PRESETS = ["full", "lora", "houlsby", "pfeiffer", "parallel", "prefix", "prompt_tuning", "bitfit", "mam",
-           "proadapter", "diffprune"]
+PRESETS = unipetl.list_presets()
 
 
 def randomize(petl, seed=3, scale=0.1):
