@@ -14,13 +14,13 @@ import json
 import statistics
 from pathlib import Path
 
-from unipetl.bench import MethodSpec, benchmark, paired_benchmark, to_markdown
+from unipetl.bench import PLAIN_FULL, MethodSpec, benchmark, paired_benchmark, to_markdown
 from unipetl.defaults import default_model_path
 from unipetl.presets import list_presets
 
 SPECS = [MethodSpec("full", "unipetl", "full"),
          # transformers' model trained as it is: torch's dropout sampler, the last layer at every position
-         MethodSpec("full (plain transformers)", "plain", "full"),
+         MethodSpec(PLAIN_FULL, "plain", "full"),
          # our full with one of its two CPU savings switched off
          MethodSpec("full (torch dropout)", "unipetl", "full", fast_cpu_dropout=False),
          MethodSpec("full (all positions)", "unipetl", "full", first_position_only=False),
@@ -134,7 +134,7 @@ def main():
     if not Path(model, "config.json").is_file():
         parser.error(f"--model {model}: no config.json there; expected a local transformers model folder")
     if args.paired:
-        references = [s for s in SPECS if s.label in ("full", "full (plain transformers)")]
+        references = [s for s in SPECS if s.label in ("full", PLAIN_FULL)]
         result = paired_benchmark([s for s in specs if s not in references], references, model, args.batch_size,
                                   args.seq_len, args.steps, args.warmup, args.rounds)
     else:

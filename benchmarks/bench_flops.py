@@ -21,17 +21,14 @@ from pathlib import Path
 
 from bench_core import SPECS, TARGETS
 
-from unipetl.bench import step_flops
+from unipetl.bench import PLAIN_FULL, step_flops
 from unipetl.defaults import default_model_path
-
-
-PLAIN = "full (plain transformers)"
 
 
 def flops_markdown(result: dict, timed: dict | None) -> str:
     flops = result["flops"]
     # FLOP ratios to our full and, when it was counted, to transformers' plain full fine-tuning
-    bases = ["full"] + ([PLAIN] if PLAIN in flops else [])
+    bases = ["full"] + ([PLAIN_FULL] if PLAIN_FULL in flops else [])
     ratios = {base: {label: count / flops[base] for label, count in flops.items()} for base in bases}
     lines = [f"Model: {result['model']}; batch {result['batch_size']} x {result['seq_len']} tokens; one forward + backward, "
              "counted by torch's FlopCounterMode (matrix products and attention).", "",

@@ -16,7 +16,10 @@ def test_bench_measures_presets_with_peft_twins_and_reports_stored_bytes(tiny_be
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "bench.json").read_text())
     rows = {row["label"]: row for row in result["rows"]}
-    assert list(rows) == ["full", "lora", "peft lora", "pfeiffer"]  # full first, PEFT only where it has the method
+    # full first, transformers' plain full beside it, PEFT only where it has the method
+    assert list(rows) == ["full", "full (plain transformers)", "lora", "peft lora", "pfeiffer"]
+    assert rows["full (plain transformers)"]["trainable_params"] == rows["full"]["trainable_params"]
+    assert rows["full (plain transformers)"]["stored_bytes"] is None
     for row in rows.values():
         assert "error" not in row, row
         assert row["step_ratio"] == pytest.approx(row["step_seconds"] / rows["full"]["step_seconds"])

@@ -60,6 +60,10 @@ FLOOR_SITES = {
 }
 
 
+# Full fine-tuning as transformers runs it: the baseline PEFT's and adapters' step ratios are relative to.
+PLAIN_FULL = "full (plain transformers)"
+
+
 def floor_model(base, site: str, fast_cpu_dropout: bool = True, first_position_only: bool = True):
     """A PETL step without a method: the backbone frozen, only the head trained, and the output of each
     linear layer in FLOOR_SITES[site] of the first layer multiplied by one trainable scalar (1.0), so that
@@ -341,7 +345,10 @@ def to_markdown(result: dict) -> str:
              "Training memory increase: "
              "peak RSS during training minus RSS before it." + (
                  " Dropout: our rows and the floor rows sample it with unipetl.dropout (CPU training) unless the "
-                 "label says torch dropout; PEFT's rows with torch's." if sampler_recorded else ""), "",
+                 "label says torch dropout; PEFT's rows with torch's." if sampler_recorded else "") + (
+                 f" `{PLAIN_FULL}`: transformers' model trained as it is (torch's dropout sampler, the last layer at "
+                 "every position), the baseline PEFT's and adapters' numbers are relative to."
+                 if any(row["label"] == PLAIN_FULL for row in result["rows"]) else ""), "",
              "| method | library | trainable params | stored bytes | step (s) | step / full | inference (s) | inference / full "
              "| peak RSS (MB) | peak RSS / full | training memory increase (MB) | increase / full |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -358,7 +365,8 @@ def to_markdown(result: dict) -> str:
 
 
 def standard_specs(presets: list[str] | None = None, with_peft: bool = True) -> list[MethodSpec]:
-    """`full` as the reference, then each preset (all by default) followed by PEFT's version where it exists."""
+    """`full` as the reference and transformers' plain full fine-tuning beside it, then each preset (all by
+    default) followed by PEFT's version where it exists."""
     from .errors import ConfigError
     from .presets import list_presets
 
@@ -366,7 +374,7 @@ def standard_specs(presets: list[str] | None = None, with_peft: bool = True) -> 
     unknown = [n for n in names if n not in list_presets()]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(map(repr, unknown))}; presets: {', '.join(list_presets())}")
-    specs = [MethodSpec("full", "unipetl", "full")]
+    specs = [MethodSpec("full", "unipetl", "full"), MethodSpec(PLAIN_FULL, "plain", "full")]
     for name in names:
         if name == "full":
             continue
