@@ -150,12 +150,10 @@ def describe_adapters_env(python: str) -> dict:
 
 
 def ours_uses_fused_adamw() -> bool:
-    """Whether our worker (unipetl.bench.measure) steps a fused AdamW, so that the adapters rows step the same one."""
-    import inspect
+    """Whether our worker (unipetl.bench.build) steps a fused AdamW, so that the adapters rows step the same one."""
+    from unipetl.bench import FUSED_ADAMW
 
-    from unipetl.bench import measure
-
-    return "fused=True" in inspect.getsource(measure)
+    return FUSED_ADAMW
 
 
 def build_rows(model_path: str, fused: bool = False) -> list[dict]:
@@ -322,11 +320,12 @@ def to_markdown(result: dict) -> str:
                      f"{_fmt(row['peak_rss_ratio_same_library_full'])} | {_fmt(row['peak_rss_ratio_unipetl_full'])} | "
                      f"{', '.join(f'{s:.3f}' for s in row['step_seconds_all'])} |")
     if result.get("best_peer"):
+        core = result.get("core_file") or "none"  # --core: bench_core.py's results, the source of PEFT's ratios
         lines += ["", "Best peer per method: the lowest step / unipetl-full ratio among adapters (this run: its seconds "
-                  "over our full's) and PEFT (benchmarks/results/core_cpu.json, an earlier run, ratios to our full there); "
-                  "peak RSS as each row's ratio to its own environment's full. For MAM the peer is adapters' MAMConfig at "
-                  "our sizes. `ours (core)` is our ratio in core_cpu.json. `ours / peer step, same round`: our step over the "
-                  "adapters peer's in each round (the two ran back to back), the spread shows the noise.", "",
+                  f"over our full's) and PEFT (from --core {core}, an earlier run, ratios to our full there, where it has "
+                  "them); peak RSS as each row's ratio to its own environment's full. For MAM the peer is adapters' "
+                  f"MAMConfig at our sizes. `ours (core)` is our ratio in {core}. `ours / peer step, same round`: our step "
+                  "over the adapters peer's in each round (the two ran back to back), the spread shows the noise.", "",
                   "| method | ours step / full | ours (core) | best peer (step) | its step / unipetl full | ours <= best? "
                   "| ours / peer step, same round | ours RSS / full | best peer RSS / own full | ours <= best? |",
                   "|---|---:|---:|---|---:|---|---|---:|---:|---|"] + result["best_peer_lines"]
@@ -371,7 +370,8 @@ def main():
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     result = {"command": command, "machine": machine_description(), "environments": environments, "model_path": model_path,
               "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,
-              "rounds": args.rounds, "adamw": "fused" if fused else "default (for-loop)"}
+              "rounds": args.rounds, "adamw": "fused" if fused else "default (for-loop)",
+              "core_file": args.core if Path(args.core).is_file() else None}
     started = time.time()
     for round_index in range(args.rounds):
         order = rows if round_index % 2 == 0 else rows[::-1]

@@ -60,6 +60,10 @@ FLOOR_SITES = {
 }
 
 
+# Fused AdamW, as `unipetl train` steps: transformers' Trainer defaults to it from torch 2.8 on. Peer
+# benchmarks in other environments read this to step the same optimizer.
+FUSED_ADAMW = True
+
 # Full fine-tuning as transformers runs it: the baseline PEFT's and adapters' step ratios are relative to.
 PLAIN_FULL = "full (plain transformers)"
 
@@ -160,8 +164,7 @@ def build(spec: MethodSpec, model_path: str):
     params = [p for p in model.parameters() if p.requires_grad]
     # Our models: the method's own optimizer groups (gate logits, mask scores) as `unipetl train` uses them.
     groups = model.parameter_groups(1e-4, 0.0) if spec.library == "unipetl" else params
-    # Fused AdamW, as `unipetl train` steps: transformers' Trainer defaults to it from torch 2.8 on.
-    optimizer = torch.optim.AdamW(groups, lr=1e-4, fused=True)
+    optimizer = torch.optim.AdamW(groups, lr=1e-4, fused=FUSED_ADAMW)
     return model, optimizer, params, getattr(model, "extra_loss", lambda: None), base.config.vocab_size
 
 
