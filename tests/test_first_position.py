@@ -8,16 +8,15 @@ import transformers as T
 
 import unipetl
 from unipetl import PetlConfig
+from test_equivalence import randomize
 from tiny_models import ENCODERS, FFN, HEADS, HIDDEN, LAYERS, VOCAB, tiny_batch, tiny_model
 
 PRESETS = unipetl.list_presets()
 
 
-def randomize(petl, seed=3, scale=0.1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in petl.methods.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
+def tiny_bert_config(**extra) -> T.BertConfig:
+    return T.BertConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                        intermediate_size=FFN, vocab_size=VOCAB, **extra)
 
 
 def last_ffn_lengths(petl) -> list[int]:
@@ -35,6 +34,12 @@ def logits_and_grads(petl, batch):
     return out.logits.detach(), {n: p.grad.clone() for n, p in named if p.grad is not None}, [n for n, _ in named]
 
 
+def assert_same_logits_and_grads(sliced, every):
+    torch.testing.assert_close(sliced[0], every[0], atol=1e-6, rtol=1e-5)
+    for name in every[1]:
+        torch.testing.assert_close(sliced[1][name], every[1][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("family", ENCODERS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_same_logits_and_gradients_with_the_last_ffn_at_the_first_position(family, preset):
@@ -48,19 +53,16 @@ def test_same_logits_and_gradients_with_the_last_ffn_at_the_first_position(famil
     every = logits_and_grads(petl, batch)
     assert sliced_lengths == {1}
     assert set(lengths) == {batch["input_ids"].shape[1] + (petl.config.attn_bn if preset == "prompt_tuning" else 0)}
-    torch.testing.assert_close(sliced[0], every[0], atol=1e-6, rtol=1e-5)
     assert sliced[1].keys() == every[1].keys()
     if preset != "diffprune":  # in eval mode the diff is its evaluation gate's constant (trained below)
         assert len(sliced[1]) == len(sliced[2])  # every trained tensor has a gradient
-    for name in every[1]:
-        torch.testing.assert_close(sliced[1][name], every[1][name], atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_logits_and_grads(sliced, every)
 
 
 def test_diff_pruning_in_training_gets_the_same_gradients():
     """Diff pruning runs the backbone through torch.func.functional_call with sampled gates: in training
     (dropout off, the same gate draw) its diff and gate logits get the same gradients either way."""
-    config = T.BertConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN,
-                          vocab_size=VOCAB, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = tiny_bert_config(num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
     petl = unipetl.get_petl_model(T.BertForSequenceClassification(config), "diffprune").train()
     randomize(petl)
@@ -72,16 +74,12 @@ def test_diff_pruning_in_training_gets_the_same_gradients():
     every = logits_and_grads(petl, batch)
     assert {"methods.diff.weight", "methods.diff.gate_logits"} <= sliced[1].keys()
     assert sliced[1].keys() == every[1].keys()
-    torch.testing.assert_close(sliced[0], every[0], atol=1e-6, rtol=1e-5)
-    for name in every[1]:
-        torch.testing.assert_close(sliced[1][name], every[1][name], atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_logits_and_grads(sliced, every)
 
 
 def test_multiple_choice_heads_read_the_first_position_too():
-    config = T.BertConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                          intermediate_size=FFN, vocab_size=VOCAB)
     torch.manual_seed(0)
-    petl = unipetl.get_petl_model(T.BertForMultipleChoice(config).eval(), "pfeiffer")
+    petl = unipetl.get_petl_model(T.BertForMultipleChoice(tiny_bert_config()).eval(), "pfeiffer")
     randomize(petl)
     g = torch.Generator().manual_seed(1)
     batch = {"input_ids": torch.randint(5, VOCAB, (2, 3, 6), generator=g), "labels": torch.tensor([0, 2])}
@@ -91,9 +89,7 @@ def test_multiple_choice_heads_read_the_first_position_too():
     petl.first_position_only = False
     every = logits_and_grads(petl, batch)
     assert sliced_lengths == {1} and set(lengths) == {6}
-    torch.testing.assert_close(sliced[0], every[0], atol=1e-6, rtol=1e-5)
-    for name in every[1]:
-        torch.testing.assert_close(sliced[1][name], every[1][name], atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_logits_and_grads(sliced, every)
 
 
 @pytest.mark.parametrize("family", ENCODERS)
@@ -108,10 +104,8 @@ def test_hidden_states_asked_for_keep_every_position(family):
 
 
 def test_token_level_heads_keep_every_position():
-    config = T.BertConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                          intermediate_size=FFN, vocab_size=VOCAB, num_labels=4)
     torch.manual_seed(0)
-    petl = unipetl.get_petl_model(T.BertForTokenClassification(config).eval(), "lora")
+    petl = unipetl.get_petl_model(T.BertForTokenClassification(tiny_bert_config(num_labels=4)).eval(), "lora")
     batch = {k: v for k, v in tiny_batch("bert").items() if k != "labels"}
     with torch.no_grad():
         assert petl(**batch).logits.shape == (3, 7, 4)

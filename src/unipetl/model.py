@@ -8,7 +8,7 @@ backbone only reference them. Nothing here knows a module name of a backbone fam
 from __future__ import annotations
 
 import hashlib
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -365,8 +365,7 @@ class PetlModel(nn.Module):
     # ================================================================= running
     def forward(self, *args, **kwargs):
         with ExitStack() as stack:
-            if self.first_position_only:
-                stack.enter_context(first_position.first_position_only(self.model, self.sites, kwargs))
+            stack.enter_context(self.first_position_context(self.model, kwargs))
             if self.diff is not None:  # theta_pre + delta, without writing into the frozen backbone
                 return torch.func.functional_call(self.model, self._diffed_parameters(), args, kwargs, strict=False)
             for generator in self._prefix_generators:  # every site's prefix computed once per forward
@@ -374,6 +373,13 @@ class PetlModel(nn.Module):
             if self.prompt is not None:
                 return self._forward_with_prompt(args, kwargs)
             return self.model(*args, **kwargs)
+
+    def first_position_context(self, model: nn.Module, kwargs: dict):
+        """The context for one call of ``model(**kwargs)`` on this backbone (this model, or a multi-task
+        member sharing it): the last layer's FFN at the first position only where that applies."""
+        if not self.first_position_only:
+            return nullcontext()
+        return first_position.first_position_only(model, self.sites, kwargs)
 
     @property
     def _prefix_generators(self) -> list[PrefixGenerator]:

@@ -17,7 +17,6 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Sampler
 
 from .errors import ConfigError
-from .first_position import first_position_only
 
 
 def share_backbone(models: list[nn.Module]) -> None:
@@ -50,9 +49,7 @@ class MultiTaskModel(nn.Module):
         if self.petl.prompt is not None:
             inputs = self.petl._with_prompt(inputs)
         model = self._task_models[name]
-        if not self.petl.first_position_only:
-            return model(**inputs)
-        with first_position_only(model, self.petl.sites, inputs):
+        with self.petl.first_position_context(model, inputs):
             return model(**inputs)
 
     def parameter_groups(self, learning_rate: float, weight_decay: float) -> list[dict]:
