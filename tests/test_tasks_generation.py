@@ -124,6 +124,7 @@ def test_hub_rows_convert_without_downloading(monkeypatch):
 
     import datasets
 
+    monkeypatch.setattr("unipetl.hub.hub_unreachable_reason", lambda timeout=3.0: None)  # as if online
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     examples = load_seq2seq_hub("wmt16_en_ro", "validation")
     assert calls == [("wmt/wmt16", "ro-en", "validation")]
@@ -143,6 +144,7 @@ def test_hub_failure_is_one_clear_error(monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("no network")
 
+    monkeypatch.setattr("unipetl.hub.hub_unreachable_reason", lambda timeout=3.0: None)  # reachable, then fails
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="could not load 'EdinburghNLP/xsum'.*ConnectionError.*load_summarization"):
         load_seq2seq_hub("xsum", "test")

@@ -225,6 +225,7 @@ def test_hub_failure_becomes_one_clear_data_error(monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
 
+    monkeypatch.setattr("unipetl.hub.hub_unreachable_reason", lambda timeout=3.0: None)  # reachable, then fails
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError) as err:
         load_split("cola", "train")
@@ -243,6 +244,7 @@ def test_hub_rows_go_through_the_same_formulations(monkeypatch):
         return [{"paragraph": "P", "question": "Q?", "answer": "A", "label": 1,
                  "idx": {"paragraph": 0, "question": 4, "answer": 0}}]
 
+    monkeypatch.setattr("unipetl.hub.hub_unreachable_reason", lambda timeout=3.0: None)  # as if online
     monkeypatch.setattr(datasets, "load_dataset", fake)
     (ex,) = load_split("multirc", "validation")
     assert calls == [("aps/super_glue", "multirc", "validation")]

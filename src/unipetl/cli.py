@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from .options import TrainOptions
+
 DEFAULT_TASK = "polarity"
 DEFAULT_METHOD = "lora"
 
@@ -57,6 +59,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--early-stopping-patience", type=int)
     parser.add_argument("--precision", default="auto", help="fp32, fp16, bf16 or auto")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep OUTPUT/checkpoints after the run succeeds (by default they are removed: they only "
+                             "serve --resume of an unfinished run)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="train on the CPU even where a GPU is visible (several CPU processes under torchrun "
+                             "or accelerate join one gloo group)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--torch-dropout", action="store_true",
@@ -66,7 +74,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "xsum / wmt16_en_ro / wmt16_ro_en (JSONL or TSV)")
     custom.add_argument("--train-file", help="train on this file instead of the hub / --data-dir copy")
     custom.add_argument("--validation-file", help="default: a seeded 10 %% of the training file")
-    custom.add_argument("--test-file", help="default: the validation file")
+    custom.add_argument("--test-file", help="default: the validation file if given, else another seeded 10 %% of the "
+                                            "training file")
     custom.add_argument("--text-columns", help="your own task: one or two column names, comma-separated")
     custom.add_argument("--label-column", help="your own task: the label column (default 'label'; 'labels' for multi_label)")
     custom.add_argument("--task-kind", default="classification", choices=("classification", "regression", "multi_label"),
@@ -81,7 +90,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="unipetl", description="Parameter-efficient transfer learning in one design space.")
+    parser.add_argument("--version", action="version", version=f"unipetl {__version__}")
     sub = parser.add_subparsers(dest="command")
     train = sub.add_parser("train", help="train a method on a task and save its task module")
     train.add_argument("--task", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK}; see `unipetl tasks`)")
@@ -95,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="multi-task sampling: a batch's task is drawn with p ∝ size^(1/T) (1 = proportional)")
     _add_training_options(train)
 
-    from .transfer import TRANSFER_METHODS
+    from .config import TRANSFER_METHODS
 
     transfer = sub.add_parser("transfer", help="stage 2 of ScaLearn/AdapterFusion: combine frozen source adapters for a target task")
     transfer.add_argument("--task", required=True, help="the target task")
@@ -107,11 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="metrics of a saved task module, as JSON")
     evaluate.add_argument("--module", required=True)
     evaluate.add_argument("--task")
-    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--data-dir", help="folder laid out like GLUE's (default: the folder the module was trained "
+                                             "on, if it still exists; then $UNIPETL_GLUE_DIR; then the hub)")
     evaluate.add_argument("--file", help="evaluate on this labelled file, in the task's format (your own tasks, squad, xsum, wmt16)")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--protocol", default="dev_as_test")
     evaluate.add_argument("--model", help="the backbone (default: the one named in the module)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     predict = sub.add_parser("predict", help="one prediction per input line of a JSONL file")
     predict.add_argument("--module", required=True)
@@ -153,8 +167,6 @@ def _format_bytes(n: int) -> str:
 
 
 def cmd_train(args) -> int:
-    from .training import TrainOptions, train_task
-
     default_run = args.task == DEFAULT_TASK and not args.train_file
     options = TrainOptions(
         epochs=args.epochs if args.epochs is not None else (2.0 if default_run else 3.0), max_steps=args.max_steps,
@@ -163,7 +175,11 @@ def cmd_train(args) -> int:
         max_train_samples=args.max_train_samples, max_validation_samples=args.max_validation_samples,
         early_stopping_patience=args.early_stopping_patience,
         precision=args.precision, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
-        progress=not args.no_progress, fast_cpu_dropout=not args.torch_dropout)
+        progress=not args.no_progress, fast_cpu_dropout=not args.torch_dropout, cpu=args.cpu,
+        keep_checkpoints=args.keep_checkpoints)
+    check_before_loading(args, options)
+    from .training import train_task
+
     if getattr(args, "each", False):
         return _train_each(args, options)
     if "," in args.task or getattr(args, "multitask", False):
@@ -186,6 +202,22 @@ def cmd_train(args) -> int:
           f"({results['full_model_bytes'] / results['stored_bytes']:.0f}x smaller)")
     print(f"results: {Path(output) / 'results.json'}")
     return 0
+
+
+def check_before_loading(args, options: TrainOptions) -> None:
+    """Refuse a bad task, method, option or config field in milliseconds, before torch and transformers load."""
+    from .config import TRANSFER_METHODS, PetlConfig
+    from .tasks import get_task, is_file_format_task
+
+    options.validate()
+    if not args.train_file:  # a task of one's own may take any name; registry tasks must exist
+        for name in (t.strip() for t in args.task.split(",") if t.strip()):
+            if not is_file_format_task(name):
+                get_task(name)
+    overrides = _parse_set(args.set)
+    if args.command == "transfer" or args.method in TRANSFER_METHODS:
+        return  # the transfer config is built with its source adapters
+    PetlConfig.from_preset(args.method, **overrides)
 
 
 def _percent(metric: str, value: float) -> str:
@@ -290,7 +322,7 @@ def cmd_evaluate(args) -> int:
     from .training import evaluate_module
 
     metrics = evaluate_module(args.module, args.task, args.data_dir, args.split, args.protocol, model=args.model,
-                              file=args.file)
+                              file=args.file, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     print(json.dumps(metrics, indent=1, sort_keys=True))
     return 0
 
@@ -309,18 +341,22 @@ def cmd_methods(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'preset':<16}{'trainable params':>18}{'% of backbone':>15}{'stored bytes':>15}  summary")
+    print(f"{'preset':<16}{'trainable params':>18}{'% of backbone':>15}{'stored bytes':>15}{'learning rate':>15}  summary")
     for r in rows:
-        print(f"{r['preset']:<16}{r['trainable_params']:>18,}{r['trainable_percent']:>14.3f}%{r['stored_bytes']:>15,}  {r['summary']}")
+        print(f"{r['preset']:<16}{r['trainable_params']:>18,}{r['trainable_percent']:>14.3f}%{r['stored_bytes']:>15,}"
+              f"{r['learning_rate']:>15g}  {r['summary']}")
+    print("\nlearning rate: the default of `unipetl train --learning-rate`; diffprune's is its L0 stage's diff rate "
+          "(gates and the fixed-mask stage have their own: gate_learning_rate, fixmask_learning_rate)")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    from .report import REPORT_FILES, build_report
 
     build_report(args.runs, args.output_dir, warn=lambda m: print(f"unipetl report: warning: {m}", file=sys.stderr))
     print((Path(args.output_dir) / "report.md").read_text())
-    print(f"written: {', '.join(str(Path(args.output_dir) / n) for n in ('report.md', 'report.csv', 'report.json', 'report.png'))}")
+    written = [Path(args.output_dir) / name for name in REPORT_FILES if (Path(args.output_dir) / name).exists()]
+    print(f"written: {', '.join(map(str, written))}")
     return 0
 
 

@@ -15,6 +15,11 @@ from typing import Any
 
 from .errors import ConfigError
 
+# Stage 2 of transfer learning over frozen source adapters (transfer.py); named here so that the
+# command line can check a method name without importing torch.
+SCALEARN_METHODS = ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp")
+TRANSFER_METHODS = (*SCALEARN_METHODS, "adapterfusion")
+
 ATTN_MODES = ("none", "adapter", "lora", "prefix", "prompt_tuning", "bitfit")
 ATTN_OPTIONS = ("none", "sequential", "parallel", "concat", "cross_attn", "cross_attn_noln", "cross_attn_relu")
 ATTN_COMPOSITIONS = ("add", "gate_add")
@@ -239,8 +244,6 @@ class PetlConfig:
         if self.param_source == "gated_diff":
             self._validate_diff()
         if self.param_source == "scaled_mixture":
-            from .transfer import TRANSFER_METHODS
-
             _choice("mixture", self.mixture, TRANSFER_METHODS)
             if self.ffn_mode != "adapter" or self.ffn_option != "pfeiffer" or self.attn_mode != "none":
                 raise ConfigError("param_source='scaled_mixture' combines Pfeiffer adapters: it needs ffn_mode='adapter', "

@@ -65,6 +65,22 @@ def backbone_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+ATTACHED_MARK = "_unipetl_attached"  # set on a backbone while a PetlModel holds it; unload() removes it
+
+
+def has_method_attached(model: nn.Module) -> bool:
+    """True when a PetlModel's changes sit in ``model`` (wrapped linears, Pfeiffer LNs, prefix attention)."""
+    return any(isinstance(m, (LinearWithChanges, PfeifferLayerNorm)) or hasattr(m, prefix_attention.PREFIX_ATTR)
+               for m in model.modules())
+
+
+def attached_method(model: nn.Module) -> str | None:
+    """The preset a PetlModel attached to ``model`` and still holds, or None; methods that leave no module
+    behind (BitFit's hooks, prompt tuning, diff pruning, full fine-tuning) are known by the mark alone."""
+    mark = getattr(model, ATTACHED_MARK, None)
+    return mark if mark is not None else "a unipetl method" if has_method_attached(model) else None
+
+
 class PetlModel(nn.Module):
     """A backbone with a PETL method attached. `forward` takes and returns what the backbone's does."""
 
@@ -76,8 +92,7 @@ class PetlModel(nn.Module):
         if not isinstance(config, PetlConfig):
             raise ConfigError(f"config must be a PetlConfig, got {type(config).__name__}")
         self.sites: BackboneSites = resolve_sites(model)  # raises for unsupported architectures first
-        if any(isinstance(m, (LinearWithChanges, PfeifferLayerNorm)) for m in model.modules()) or \
-                any(hasattr(m, prefix_attention.PREFIX_ATTR) for m in model.modules()):
+        if has_method_attached(model):
             raise ConfigError("this model already has a unipetl method attached; call unload() on that PetlModel first")
         self.config = config
         self.fingerprint = backbone_fingerprint(model)  # taken before anything is attached
@@ -111,6 +126,7 @@ class PetlModel(nn.Module):
         self.first_position_only = True
         self._attach()
         self._set_trainable()
+        model.__dict__[ATTACHED_MARK] = config.preset or config.param_source
         self._fast_dropouts = enable_fast_dropout(self) if fast_cpu_dropout else []  # to switch back on unload
         self._attention_original = None  # set where attention now runs through dropout_attention
         if fast_cpu_dropout and not self._prefix_modules:  # prefix sites draw their dropout themselves
@@ -619,6 +635,7 @@ class PetlModel(nn.Module):
 
     def unload(self) -> nn.Module:
         """Detach every change and return the backbone as it was (merged weights stay merged)."""
+        self.model.__dict__.pop(ATTACHED_MARK, None)
         for path, original in self._wrapped.items():
             set_module(self.model, path, original)
         self._wrapped.clear()

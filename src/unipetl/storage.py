@@ -213,10 +213,16 @@ def load_petl_model(model, directory, sources: list | None = None):
 
     A transfer module (ScaLearn, AdapterFusion) also needs its source adapters: ``sources`` (their
     directories, in the recorded order) or, by default, the paths recorded in its header."""
-    from .model import PetlModel
+    from .model import PetlModel, attached_method
     from .sites import family_for
 
     header, tensors = read_module(directory)
+    attached = model.config.preset if isinstance(model, PetlModel) else attached_method(model)
+    if attached is not None:
+        # Checked before the fingerprint, which an attached method changes.
+        raise ModuleFormatError(
+            f"cannot load {directory}: this backbone already has a method attached ({attached}); load each module "
+            f"onto a fresh backbone, or call unload() on the PetlModel that holds it first")
     family_for(model)  # unsupported architecture: refuse before anything else
     check_backbone(model, header, directory)
     try:

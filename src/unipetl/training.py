@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .config import PetlConfig
 from .encoding import collator_for, encode
 from .errors import ConfigError, DataError
 from .model import PetlModel, get_petl_model
+from .options import TrainOptions
 from .presets import default_learning_rate
 from .storage import PROTOTYPE_FILE, save_family
 from .taskio import ClassificationIO, MultiLabelIO, TaskIO, is_file_format_task, task_io_for, task_io_from_header
@@ -35,42 +36,6 @@ from .tasks import (compute_metrics, get_task, main_score, make_splits, parse_te
 RESULTS_FILE = "results.json"
 MODULE_DIR = "module"
 CHECKPOINT_DIR = "checkpoints"
-
-
-@dataclass
-class TrainOptions:
-    epochs: float = 3.0
-    max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float | None = None  # None: the preset's default (presets.LEARNING_RATES)
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    max_length: int = 128
-    warmup_ratio: float | None = None  # None: the task type's default (0.06; 0 for generation, as §3.5)
-    weight_decay: float | None = None  # None: the task type's default (0.0; 0.01 for generation)
-    seed: int = 42
-    protocol: str = "dev_as_test"
-    max_train_samples: int | None = None
-    max_validation_samples: int | None = None  # not under dev_as_test, where validation is the test split
-    early_stopping_patience: int | None = None
-    precision: str = "auto"  # fp32 | fp16 | bf16 | auto (bf16 where the GPU has it, else fp32)
-    logging_steps: int = 50
-    progress: bool = True
-    fast_cpu_dropout: bool = True  # CPU training: unipetl.dropout's sampler (False: torch's)
-
-    def validate(self) -> None:
-        if self.max_steps <= 0 and not self.epochs > 0:
-            raise ConfigError(f"--epochs={self.epochs} must be positive (or give --max-steps)")
-        for name in ("batch_size", "eval_batch_size", "max_length"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be a positive integer")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ConfigError(f"--learning-rate={self.learning_rate} must be positive")
-        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"--warmup-ratio={self.warmup_ratio} must be in [0, 1)")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ConfigError(f"--weight-decay={self.weight_decay} must be zero or more")
-        if self.precision not in ("fp32", "fp16", "bf16", "auto"):
-            raise ConfigError(f"--precision={self.precision!r}; allowed: fp32, fp16, bf16, auto")
 
 
 class PetlTrainer(Seq2SeqTrainer):
@@ -190,11 +155,17 @@ def metrics_function(task, mode, tokenizer, examples):
     return compute
 
 
-def _precision_flags(precision: str) -> dict:
+def uses_gpu(options: TrainOptions) -> bool:
+    return torch.cuda.is_available() and not options.cpu
+
+
+def _precision_flags(options: TrainOptions) -> dict:
+    precision = options.precision
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if precision != "fp32" and not torch.cuda.is_available():
-        raise ConfigError(f"--precision {precision} needs a GPU; this machine has none (use fp32)")
+        precision = "bf16" if uses_gpu(options) and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and not uses_gpu(options):
+        where = "--cpu was given" if options.cpu else "this machine has none"
+        raise ConfigError(f"--precision {precision} needs a GPU; {where} (use fp32)")
     return {"fp16": precision == "fp16", "bf16": precision == "bf16"}
 
 
@@ -224,9 +195,9 @@ def training_arguments(options: TrainOptions, output_dir: Path, learning_rate: f
         load_best_model_at_end=select_best, metric_for_best_model="main_score", greater_is_better=True,
         logging_steps=options.logging_steps, report_to=[], disable_tqdm=not options.progress,
         seed=options.seed, data_seed=options.seed, remove_unused_columns=False, label_names=["labels"],
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_num_workers=0, dataloader_pin_memory=uses_gpu(options),
         # Without a GPU, torchrun's processes join one gloo process group only when told to use the CPU.
-        use_cpu=not torch.cuda.is_available(), **_precision_flags(options.precision))
+        use_cpu=not uses_gpu(options), **_precision_flags(options))
     return Seq2SeqTrainingArguments(**{**arguments, **(task_arguments or {})})
 
 
@@ -294,6 +265,11 @@ def task_metadata(spec, backbone: Backbone, options: TrainOptions, metrics: dict
     return {**ClassificationIO(spec).header(backbone, options.max_length, metrics), **extra}
 
 
+def data_record(data_dir) -> dict:
+    """Where a run read its GLUE-layout data: recorded so that `unipetl evaluate` finds it again."""
+    return {"data_dir": str(Path(data_dir).resolve())} if data_dir else {}
+
+
 def device_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
@@ -308,6 +284,14 @@ def owns_output_dir() -> bool:
 def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if owns_output_dir() and out.exists() and not resume and not overwrite and any(out.iterdir()):
         raise ConfigError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue")
+    if resume and (out / RESULTS_FILE).exists() and not any((out / CHECKPOINT_DIR).glob("checkpoint-*")):
+        raise ConfigError(f"the run in {out} has finished ({out / RESULTS_FILE}); there is nothing to resume")
+
+
+def remove_checkpoints(out: Path, options: TrainOptions) -> None:
+    """After a successful run the checkpoints only take space (optimizer state): they serve --resume alone."""
+    if not options.keep_checkpoints:
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
 
 
 def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> bool:
@@ -397,7 +381,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             validation = dict(metrics)
         else:
             validation = task_metrics(trainer.evaluate(), "eval_")
-        task_info = io.header(backbone, options.max_length, metrics)
+        task_info = {**io.header(backbone, options.max_length, metrics), **data_record(data_dir)}
         if not trainer.is_world_process_zero():  # several processes (torchrun / accelerate): one writes
             return {"task": io.name, "metrics": metrics, "main_process": False}
         petl.save(out / MODULE_DIR, task=task_info)
@@ -408,11 +392,13 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             "trainable_params": report["trainable_params"], "head_params": report["head_params"],
             "backbone_params": report["backbone_params"], "trainable_percent": report["trainable_percent"],
             "stored_bytes": report["stored_bytes"], "full_model_bytes": full_model_bytes(petl.model),
-            "train_seconds": train_seconds, "train_examples": len(splits["train"]), "learning_rate": learning_rate,
-            "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
-            "device": device_name(), **stage_results,
+            "train_seconds": train_seconds, "train_examples": len(splits["train"]),
+            "validation_examples": len(splits["validation"]), "test_examples": len(splits["test"]),
+            "learning_rate": learning_rate, "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
+            "device": device_name(), **data_record(data_dir), **stage_results,
         }
         write_json_atomically(out / RESULTS_FILE, results)
+        remove_checkpoints(out, options)
     except Exception:
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -486,9 +472,16 @@ def load_module(module_dir: str, model: str | None = None):
 
 def evaluate_module(module_dir: str, task: str | None = None, data_dir: str | None = None, split: str = "test",
                     protocol: str = "dev_as_test", seed: int = 42, batch_size: int = 64, model: str | None = None,
-                    file: str | None = None) -> dict:
-    """Metrics of a saved module on a split of its task, or on ``file`` (in the task's own format)."""
+                    file: str | None = None, progress: bool = False, log=None) -> dict:
+    """Metrics of a saved module on a split of its task, or on ``file`` (in the task's own format).
+
+    Without ``data_dir`` the data folder the module was trained on is used when it still exists (its
+    header records it), then $UNIPETL_GLUE_DIR, then the hub. ``progress`` shows progress bars."""
     petl, backbone, io, info = load_task_module(module_dir, model)
+    if data_dir is None and info.get("data_dir") and Path(info["data_dir"]).is_dir():
+        data_dir = info["data_dir"]
+        if log:
+            log(f"data: {data_dir} (recorded in the module; --data-dir to use another)")
     if task is not None and task.lower() != io.name:
         raise DataError(f"{module_dir} was trained for task {io.name!r}, not {task!r}")
     if file:  # the file is the test split, read with this module's label set
@@ -504,7 +497,7 @@ def evaluate_module(module_dir: str, task: str | None = None, data_dir: str | No
     if not examples:
         raise DataError(f"task {io.name!r}: the {split} split is empty")
     io.splits = {"train": examples, "validation": examples, split: examples}
-    options = TrainOptions(eval_batch_size=batch_size, max_length=info.get("max_length", 128), progress=False)
+    options = TrainOptions(eval_batch_size=batch_size, max_length=info.get("max_length", 128), progress=progress)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -587,10 +580,12 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
         for s, b in zip(specs, backbones):
             metrics = test_metrics[s.name]
             view = petl.for_task_model(b.model, task=s.name)
-            task_info = task_metadata(s, b, options, metrics, multitask_with=[x.name for x in specs])
+            task_info = task_metadata(s, b, options, metrics, multitask_with=[x.name for x in specs],
+                                      **data_record(data_dir))
             view.task = task_info
             members[s.name] = (view, task_info)
-            per_task[s.name] = {"metrics": metrics, "main_score": main_score(s, metrics), "head_params": view.report()["head_params"]}
+            per_task[s.name] = {"metrics": metrics, "main_score": main_score(s, metrics),
+                                "head_params": view.report()["head_params"], "test_examples": len(splits[s.name]["test"])}
         if petl.masked:  # one shared prototype: stored once for the family
             save_family(members, out / MODULE_DIR)
         else:
@@ -606,9 +601,10 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
             "family_prototype_bytes": family_bytes,
             "trainable_params": petl.report()["trainable_params"], "train_seconds": train_seconds,
             "learning_rate": learning_rate, "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
-            "device": device_name(),
+            "device": device_name(), **data_record(data_dir),
         }
         write_json_atomically(out / RESULTS_FILE, results)
+        remove_checkpoints(out, options)
     except Exception:
         if created:
             shutil.rmtree(out, ignore_errors=True)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import SCALEARN_METHODS, TRANSFER_METHODS
 from .errors import ConfigError, ModuleFormatError
 from .forms import ACTIVATIONS
 
@@ -34,7 +35,7 @@ SCALEARN_VARIANTS = {  # name -> (omega per dimension?, shared across layers?, d
     "scalearn_pp": (True, True, 0.3),
     "scalearn_uniform_pp": (False, True, 0.0),
 }
-TRANSFER_METHODS = (*SCALEARN_VARIANTS, "adapterfusion")
+assert tuple(SCALEARN_VARIANTS) == SCALEARN_METHODS
 TRANSFER_LEARNING_RATES = {**{name: 6e-3 for name in SCALEARN_VARIANTS}, "adapterfusion": 5e-5}
 TRANSFER_FAMILIES = ("bert", "roberta", "mpnet")  # post-LN encoders: the Pfeiffer position is the FFN output LN
 

@@ -4,21 +4,15 @@ sequence-to-sequence generation and multi-label classification (see base.TaskIO)
 from __future__ import annotations
 
 from ..errors import ConfigError, DataError
-from ..tasks import custom_splits, get_task, make_splits
-from ..tasks.generation import SEQ2SEQ_TASKS
+from ..tasks import FILE_FORMAT_TASKS, QA_TASKS, custom_splits, get_task, is_file_format_task, make_splits
+from ..tasks.generation import SEQ2SEQ_TASKS, require_metric_packages
 from .base import TaskIO, cap_splits, file_splits, seeded_subset
 from .classification import ClassificationIO
 from .multilabel import MultiLabelIO, load_multilabel_splits
 from .qa import ExtractiveQAIO, load_qa_hub, load_qa_splits
 from .seq2seq import Seq2SeqIO, generation_settings, load_seq2seq_hub_splits, load_seq2seq_splits
 
-QA_TASKS = ("squad",)
-FILE_FORMAT_TASKS = QA_TASKS + tuple(SEQ2SEQ_TASKS)  # tasks whose files have their own layout (no --text-columns)
 CUSTOM_KINDS = ("classification", "regression", "multi_label")
-
-
-def is_file_format_task(name: str) -> bool:
-    return str(name).lower() in FILE_FORMAT_TASKS
 
 
 def task_io_for(task: str, data_dir=None, protocol: str = "dev_as_test", seed: int = 42,
@@ -48,6 +42,7 @@ def task_io_for(task: str, data_dir=None, protocol: str = "dev_as_test", seed: i
             splits = load_qa_splits(*paths, seed) if files.get("train_file") else load_qa_hub()
             io = ExtractiveQAIO(cap_splits(splits, max_train_samples, max_validation_samples, seed), doc_stride)
         else:
+            require_metric_packages(name)
             splits = load_seq2seq_splits(name, *paths, seed) if files.get("train_file") else load_seq2seq_hub_splits(name)
             io = Seq2SeqIO(name, cap_splits(splits, max_train_samples, max_validation_samples, seed),
                            generation_settings(SEQ2SEQ_TASKS[name].generation, generation))

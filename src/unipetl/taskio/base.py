@@ -125,21 +125,21 @@ def file_splits(load: Callable[[str, bool], list], train_file: str | None, valid
     """{train, validation, test} from the user's files.
 
     ``load(path, training)`` reads one file. Without a validation file, a seeded 10 % of the
-    training file validates; without a test file, the validation split is the test split."""
+    training file validates; without a test file, the validation split is the test split, and
+    with neither file another seeded 10 % of the training file is held out as the test split."""
     if not train_file:
         raise DataError("give the training data with --train-file (or run online to use the hub copy)")
     train = load(train_file, True)
-    if validation_file:
-        validation = load(validation_file, False)
-    else:
-        if len(train) < 10:
-            raise DataError(f"{train_file}: {len(train)} examples are too few to split off a validation set; "
-                            f"give --validation-file")
-        order = np.random.default_rng(seed).permutation(len(train))
-        cut = max(1, len(train) // 10)
-        validation = [train[i] for i in sorted(order[:cut])]
-        train = [train[i] for i in sorted(order[cut:])]
-    test = load(test_file, False) if test_file else validation
+    held = 2 if validation_file is None and test_file is None else 1 if validation_file is None else 0
+    if held and len(train) < 10 * held:
+        raise DataError(f"{train_file}: {len(train)} examples are too few to hold out validation and test splits; "
+                        f"give --validation-file / --test-file")
+    order = np.random.default_rng(seed).permutation(len(train))
+    cut = max(1, len(train) // 10)
+    parts = [[train[i] for i in sorted(order[k * cut:(k + 1) * cut])] for k in range(held)]
+    train = [train[i] for i in sorted(order[held * cut:])]
+    validation = load(validation_file, False) if validation_file else parts[0]
+    test = load(test_file, False) if test_file else parts[1] if held == 2 else validation
     return {"train": train, "validation": validation, "test": test}
 
 

@@ -7,6 +7,7 @@ import torch
 
 from ..encoding import FeatureDataset
 from ..errors import DataError
+from ..hub import load_hub_split
 from ..tasks.qa import (QAExample, best_answers, gold_answers, load_squad, qa_eval_features, qa_examples_from_rows,
                         qa_train_features, squad_scores)
 from ..tasks.textfiles import jsonl_records, need_text
@@ -141,13 +142,8 @@ def load_qa_splits(train_file, validation_file, test_file, seed: int) -> dict[st
 
 def load_qa_hub() -> dict[str, list]:
     """SQuAD v1.1 from the hub: train, and the official dev set as both validation and test."""
-    try:
-        import datasets
-
-        rows = {split: datasets.load_dataset(SQUAD_HUB, split=split) for split in ("train", "validation")}
-    except Exception as exc:  # offline: one clear message instead of a hub trace
-        raise DataError(f"could not load {SQUAD_HUB!r} from the Hugging Face hub ({type(exc).__name__}: "
-                        f"{str(exc)[:200]}); offline, give SQuAD-format files with --train-file / --validation-file") from None
+    hint = "give SQuAD-format files with --train-file / --validation-file"
+    rows = {split: load_hub_split(SQUAD_HUB, None, split, hint) for split in ("train", "validation")}
     dev = qa_examples_from_rows(rows["validation"], f"{SQUAD_HUB}[validation]", training=False)
     return {"train": qa_examples_from_rows(rows["train"], f"{SQUAD_HUB}[train]", training=True),
             "validation": dev, "test": dev}

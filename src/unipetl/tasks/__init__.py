@@ -15,9 +15,21 @@ from .polarity import fetch_polarity, load_polarity, read_polarity_csv
 from .registry import Example, TaskSpec, get_task, list_tasks, register_task
 from .splits import PROTOCOLS, make_splits, split_off_validation
 from .custom import custom_splits, custom_task_spec
+from .generation import SEQ2SEQ_TASKS
+
+QA_TASKS = ("squad",)
+FILE_FORMAT_TASKS = QA_TASKS + tuple(SEQ2SEQ_TASKS)  # tasks whose files have their own layout (no --text-columns)
+
+
+def is_file_format_task(name: str) -> bool:
+    return str(name).lower() in FILE_FORMAT_TASKS
+
 
 __all__ = [
     "Example",
+    "FILE_FORMAT_TASKS",
+    "QA_TASKS",
+    "is_file_format_task",
     "PROTOCOLS",
     "TaskSpec",
     "benchmark_average",

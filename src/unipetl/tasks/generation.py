@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ..errors import DataError
+from ..extras import optional_import
+from ..hub import load_hub_split
 from .textfiles import jsonl_records, need, need_text, tsv_records
 
 SUMMARIZATION, TRANSLATION = "summarization", "translation"
@@ -236,14 +238,9 @@ def load_seq2seq_hub(task: str | Seq2SeqTask, split: str) -> list[Seq2SeqExample
     hub_split = dict(task.hub_splits).get(split)
     if hub_split is None:
         raise DataError(f"task {task.name!r} has no split {split!r}; valid splits: {', '.join(dict(task.hub_splits))}")
-    try:
-        import datasets
-
-        dataset = datasets.load_dataset(task.hub_path, task.hub_config, split=hub_split)
-    except Exception as exc:  # offline, renamed repo: one clear message instead of a hub trace
-        raise DataError(f"could not load {task.hub_path!r} config {task.hub_config!r} split {hub_split!r} from the "
-                        f"Hugging Face hub ({type(exc).__name__}: {str(exc)[:300]}); offline, load a local file with "
-                        f"load_summarization / load_translation") from exc
+    dataset = load_hub_split(task.hub_path, task.hub_config, hub_split,
+                             "give local files with --train-file / --validation-file / --test-file "
+                             "(Python: load_summarization / load_translation)")
     return _nonempty(hub_rows_to_examples(task, dataset, f"{task.hub_path}[{hub_split}]"), task.hub_path)
 
 
@@ -268,7 +265,7 @@ def seq2seq_features(examples: Sequence[Seq2SeqExample], tokenizer, settings: Ge
 
 def rouge_scores(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = True) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure over prediction-reference pairs, as fractions in [0, 1]."""
-    from rouge_score import rouge_scorer
+    rouge_scorer = optional_import("rouge_score.rouge_scorer", "seq2seq", "ROUGE (xsum)")
 
     _check_pairs(predictions, references)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_METRICS), use_stemmer=use_stemmer)
@@ -283,11 +280,20 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str], use_stem
 
 def bleu_score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """sacreBLEU corpus BLEU (one reference per sentence, default 13a tokenisation), 0-100."""
-    import sacrebleu
+    sacrebleu = optional_import("sacrebleu", "seq2seq", "BLEU (wmt16)")
 
     _check_pairs(predictions, references)
     result = sacrebleu.corpus_bleu([p or "" for p in predictions], [list(references)])
     return {"bleu": float(result.score)}
+
+
+def require_metric_packages(task: str | Seq2SeqTask) -> None:
+    """Refuse a seq2seq run before training when its metric's package is missing, not at the first evaluation."""
+    task = get_seq2seq_task(task)
+    if task.kind == SUMMARIZATION:
+        optional_import("rouge_score.rouge_scorer", "seq2seq", f"{task.name}'s metric, ROUGE,")
+    else:
+        optional_import("sacrebleu", "seq2seq", f"{task.name}'s metric, BLEU,")
 
 
 def seq2seq_metrics(task: str | Seq2SeqTask, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DataError
+from ..hub import load_hub_split
 from .formulations import build_examples, label_id
 from .polarity import load_polarity, local_polarity_file
 from .registry import Example, TaskSpec, get_task
@@ -196,19 +197,10 @@ def _record_rows(row: dict, where: str) -> Iterator[dict]:
 
 def _hub_rows(spec: TaskSpec, split: str) -> list[dict]:
     if spec.hub_path is None:
-        raise DataError(f"task {spec.name!r} has no hub dataset; pass data_dir= with its files")
-    hub_split = spec.hub_split(split)
-    try:
-        import datasets
-
-        dataset = datasets.load_dataset(spec.hub_path, spec.hub_config, split=hub_split)
-    except Exception as exc:  # offline, renamed repo, missing config: one clear message instead of a hub trace
-        raise DataError(
-            f"could not load {spec.hub_path!r} config {spec.hub_config!r} split {hub_split!r} from the Hugging Face "
-            f"hub ({type(exc).__name__}: {str(exc)[:300]}); offline, pass data_dir= (or set ${GLUE_DIR_ENV}) to a "
-            f"folder with the official files, e.g. <data_dir>/{spec.folder}/{spec.local_file(split)}"
-        ) from exc
-    return list(dataset)
+        raise DataError(f"task {spec.name!r} has no hub dataset; give its files with --data-dir (Python: data_dir=)")
+    hint = (f"give a folder with the official files with --data-dir (Python: data_dir=) or ${GLUE_DIR_ENV}, "
+            f"e.g. DATA_DIR/{spec.folder}/{spec.local_file(split)}")
+    return list(load_hub_split(spec.hub_path, spec.hub_config, spec.hub_split(split), hint))
 
 
 # --- users' own files -------------------------------------------------------------------------
