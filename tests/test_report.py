@@ -19,7 +19,7 @@ RESULTS = {
     ("full", "stsb", 42): {"pearson": 0.88, "spearmanr": 0.87},
     ("scalearn", "cola", 42): {"matthews_correlation": 0.30},
 }
-STORED = {"lora": 150_000, "full": 90_000_000, "scalearn": 9_000}
+STORED = {"lora": 150_000, "full": 90_000_000, "scalearn": 9_000, "pfeiffer": 400_000}
 
 
 def write_run(root, method, task, seed, metrics, **extra):
@@ -141,7 +141,7 @@ def test_multitask_results_become_one_row_per_task(tmp_path):
                               "stored_bytes": 800}}}))
     assert main(["report", str(run), "--output-dir", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "| proadapter (multi-task) | 30.00 | 50.00/70.00 | 45.00 | 0.100 | 750 |" in md
+    assert "| proadapter (multi-task) | 30.00 | 50.00/70.00 | 45.00 | 0.100 | 750 | 750 | 750 |" in md
 
 
 def test_no_usable_run_is_an_error_and_writes_nothing(tmp_path, capsys):
@@ -150,3 +150,212 @@ def test_no_usable_run_is_an_error_and_writes_nothing(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty"), "--output-dir", str(out)]) == 2
     assert "no usable results.json" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- methods without a shared task
+def test_methods_without_a_shared_task_still_get_every_report_file(tmp_path, capsys):
+    root = tmp_path / "runs"
+    write_run(root, "lora", "cb", 42, {"accuracy": 0.70, "macro_f1": 0.50})
+    write_run(root, "pfeiffer", "wic", 42, {"accuracy": 0.60})
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--output-dir", str(out)]) == 0
+    for name in ("report.md", "report.csv", "report.json", "report.png"):
+        assert (out / name).stat().st_size > 0, name
+    md = (out / "report.md").read_text()
+    lines = md.splitlines()
+    assert next(line for line in lines if line.startswith("| lora |")).startswith("| lora | 70.00/50.00 | – | – |")
+    assert next(line for line in lines if line.startswith("| pfeiffer |")).startswith("| pfeiffer | – | 60.00 | – |")
+    # a sentence under the table says whose average is missing and why
+    note = next(line for line in lines if "avg" in line and "lora" in line and "pfeiffer" in line)
+    assert "wic" in note and "cb" in note
+    assert json.loads((out / "report.json").read_text())["plot_tasks"] == []
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- unfinished runs
+def test_only_run_folders_without_results_are_named_unfinished(tmp_path, capsys):
+    root = tmp_path / "runs"
+    done = write_run(root / "cb" / "lora", "lora", "cb", 42, {"accuracy": 0.7, "macro_f1": 0.5})
+    (done / "module").mkdir()
+    (done / "checkpoints" / "checkpoint-13").mkdir(parents=True)
+    interrupted = root / "cb" / "lora" / "cb-lora-43"  # stopped after a checkpoint
+    (interrupted / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    crashed = root / "cb" / "lora" / "cb-lora-44"  # created, then nothing: an empty leaf folder
+    crashed.mkdir()
+    multitask = root / "mt"  # a finished multi-task run keeps a module folder per task
+    (multitask / "module" / "cb").mkdir(parents=True)
+    (multitask / "results.json").write_text(json.dumps({
+        "multitask": True, "task": "cb", "method": "proadapter", "model": "minilm", "seed": 42, "trainable_params": 1,
+        "per_task": {"cb": {"metrics": {"accuracy": 0.6, "macro_f1": 0.4}, "main_score": 0.5, "stored_bytes": 7}}}))
+    out = root / "report"  # the report written beside the runs, then made again
+    assert main(["report", str(root), "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(root), "--output-dir", str(out)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert sorted(warnings) == sorted(f"unipetl report: warning: {folder}: a run folder without results.json "
+                                      "(unfinished or failed run); skipped" for folder in (interrupted, crashed))
+
+
+# ----------------------------------------------------------------------------- the plot
+ALL_METHODS = ("full", "houlsby", "pfeiffer", "parallel", "scaled_parallel", "lora", "prefix", "prompt_tuning",
+               "bitfit", "mam", "mam_glue", "proadapter", "prolora", "proprefix", "diffprune", "scalearn", "adapterfusion")
+
+
+def test_the_plot_tells_17_methods_apart_with_a_legend_outside_the_axes(tmp_path):
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+
+    from unipetl.report import read_table, score_storage_figure
+
+    root = tmp_path / "runs"
+    source = {"name": "cola", "path": str(root / "cola-pfeiffer" / "module"), "sha256": "p"}
+    for i, method in enumerate(ALL_METHODS):
+        for task in ("cola", "wic"):
+            folder = root / f"{task}-{method}"
+            folder.mkdir(parents=True)
+            (folder / "results.json").write_text(json.dumps({
+                "task": task, "method": method, "model": "minilm", "seed": 42, "main_score": 0.5 + i / 100,
+                "metrics": {"matthews_correlation" if task == "cola" else "accuracy": 0.5 + i / 100},
+                "trainable_params": 10, "trainable_percent": 0.1, "stored_bytes": 10_000 * (i + 1),
+                "config": {"transfer_sources": [source] if method in ("scalearn", "adapterfusion") else []}}))
+    table = read_table([root], warn=pytest.fail)
+    fig, tasks = score_storage_figure(table)
+    try:
+        assert tasks == ["cola", "wic"]
+        (ax,) = fig.axes
+        points = [line for line in ax.get_lines() if line.get_marker() not in ("None", "", None)]
+        styles = [(matplotlib.colors.to_hex(p.get_markerfacecolor()), p.get_marker()) for p in points]
+        assert len(points) == len(ALL_METHODS) and len(set(styles)) == len(ALL_METHODS)
+        legend = fig.legends[0] if fig.legends else ax.get_legend()
+        assert [t.get_text() for t in legend.get_texts()] == list(table["rows"])
+        assert not ax.texts  # no annotations to collide
+        fig.canvas.draw()
+        legend_box, axes_box = legend.get_window_extent(), ax.get_window_extent()
+        assert not legend_box.overlaps(axes_box)
+        assert ax.get_xscale() == "log" and "bytes" in ax.get_xlabel() and ax.get_ylabel()
+    finally:
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- bytes per task
+def write_result(folder, **payload):
+    folder.mkdir(parents=True)
+    row = {"model": "minilm", "seed": 42, "trainable_params": 10, "trainable_percent": 0.1, **payload}
+    (folder / "results.json").write_text(json.dumps(row))
+    return folder
+
+
+def single(task, method, stored, seed=42, **extra):
+    metrics = {"accuracy": 0.6, "macro_f1": 0.4, "combined_score": 0.5} if task == "cb" else {"accuracy": 0.5}
+    return {"task": task, "method": method, "seed": seed, "metrics": metrics, "main_score": 0.5,
+            "stored_bytes": stored, **extra}
+
+
+def csv_rows(out):
+    return {(r["method"], r["task"]): r for r in csv.DictReader((out / "report.csv").open())}
+
+
+def md_row(out, method):
+    line = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith(f"| {method} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_a_propetl_family_counts_its_prototype_alone_and_amortised_over_its_tasks(tmp_path):
+    write_result(tmp_path / "mt", multitask=True, task="cola+stsb", method="proadapter", family_prototype_bytes=1200,
+                 per_task={"cola": {"metrics": {"matthews_correlation": 0.3}, "main_score": 0.3, "stored_bytes": 700},
+                           "stsb": {"metrics": {"pearson": 0.5, "spearmanr": 0.7, "combined_score": 0.6},
+                                    "main_score": 0.6, "stored_bytes": 800}})
+    out = tmp_path / "r"
+    assert main(["report", str(tmp_path / "mt"), "--output-dir", str(out)]) == 0
+    rows = csv_rows(out)
+    assert float(rows[("proadapter (multi-task)", "cola")]["bytes_alone_mean"]) == 700 + 1200
+    assert float(rows[("proadapter (multi-task)", "cola")]["bytes_amortised_mean"]) == 700 + 1200 / 2
+    assert float(rows[("proadapter (multi-task)", "stsb")]["bytes_amortised_mean"]) == 800 + 1200 / 2
+    assert md_row(out, "proadapter (multi-task)")[-3:] == ["750", "1,950", "1,350"]  # module, alone, amortised
+    summary = json.loads((out / "report.json").read_text())["methods"]["proadapter (multi-task)"]
+    assert (summary["stored_bytes_per_task"], summary["bytes_per_task_alone"], summary["bytes_per_task_amortised"]) \
+        == (750, 1950, 1350)
+
+
+def make_source(folder, *sizes):
+    folder.mkdir(parents=True)
+    for i, size in enumerate(sizes):
+        (folder / f"file{i}").write_bytes(b"x" * size)
+    return {"name": folder.parent.name, "path": str(folder), "sha256": f"{folder.parent.name}-hash"}
+
+
+def test_transfer_runs_count_the_source_adapters_they_combine(tmp_path):
+    cola = make_source(tmp_path / "sources" / "cola" / "module", 1000, 200)  # 1,200 bytes
+    stsb = make_source(tmp_path / "sources" / "stsb" / "module", 2000, 400)  # 2,400 bytes
+    root = tmp_path / "runs"
+    config = {"config": {"transfer_sources": [cola, stsb]}}
+    write_result(root / "cb-42", **single("cb", "scalearn", 100, seed=42, **config))
+    write_result(root / "cb-43", **single("cb", "scalearn", 100, seed=43, **config))
+    write_result(root / "copa-42", **single("copa", "scalearn", 100, **config))
+    write_result(root / "cb-af", **single("cb", "adapterfusion", 5000, **config))
+    out = tmp_path / "r"
+    assert main(["report", str(root), "--output-dir", str(out)]) == 0
+    rows = csv_rows(out)
+    # each source serves 3 tasks: its own and the distinct targets that combine it (cb, copa)
+    for method, task, module in (("scalearn", "cb", 100), ("scalearn", "copa", 100), ("adapterfusion", "cb", 5000)):
+        assert float(rows[(method, task)]["stored_bytes_mean"]) == module
+        assert float(rows[(method, task)]["bytes_alone_mean"]) == module + 1200 + 2400
+        assert float(rows[(method, task)]["bytes_amortised_mean"]) == module + 1200 / 3 + 2400 / 3
+    assert md_row(out, "scalearn")[-3:] == ["100", "3,700", "1,300"]
+    assert md_row(out, "adapterfusion")[-3:] == ["5,000", "8,600", "6,200"]
+    md = (out / "report.md").read_text()
+    assert "amortised" in md and "source" in md  # the footnote states the rule
+
+
+def test_a_missing_source_is_sized_from_its_run_or_said_to_be_unknown(tmp_path):
+    root = tmp_path / "runs"
+    write_result(root / "wic" / "pfeiffer" / "seed42", **single("wic", "pfeiffer", 2800))
+    write_result(root / "cb" / "pfeiffer", **single("cb", "pfeiffer", 2700))
+    # recorded where the grid was trained (another checkout): the folder is gone, its run is read here
+    wic = {"name": "wic", "path": "/elsewhere/runs/wic/pfeiffer/seed42/module", "sha256": "w"}
+    rte = {"name": "rte", "path": str(tmp_path / "gone" / "module"), "sha256": "r"}  # neither folder nor run
+    write_result(root / "cb" / "scalearn", **single("cb", "scalearn", 100, config={"transfer_sources": [wic]}))
+    write_result(root / "cb" / "scalearn_uniform",
+                 **single("cb", "scalearn_uniform", 90, config={"transfer_sources": [wic, rte]}))
+    out = tmp_path / "r"
+    assert main(["report", str(root), "--output-dir", str(out)]) == 0
+    rows = csv_rows(out)
+    assert float(rows[("scalearn", "cb")]["bytes_alone_mean"]) == 100 + 2800
+    assert float(rows[("scalearn", "cb")]["bytes_amortised_mean"]) == 100 + 2800 / 2  # wic and cb share it
+    assert rows[("scalearn_uniform", "cb")]["bytes_alone_mean"] == ""  # unknown, not 0
+    assert md_row(out, "scalearn_uniform")[-3:] == ["90", "–", "–"]
+    note = next(line for line in (out / "report.md").read_text().splitlines() if "unknown" in line.lower() and "rte" in line)
+    assert str(tmp_path / "gone" / "module") in note and "scalearn_uniform" in note
+    summary = json.loads((out / "report.json").read_text())["methods"]["scalearn_uniform"]
+    assert summary["bytes_per_task_alone"] is None and summary["bytes_per_task_amortised"] is None
+
+
+def test_test_sets_of_different_sizes_are_named_under_the_table(tmp_path):
+    root = tmp_path / "runs"
+    write_result(root / "a", **single("cb", "lora", 1, seed=42, test_examples=56))
+    write_result(root / "b", **single("cb", "lora", 1, seed=43, test_examples=56))
+    write_result(root / "c", **single("cb", "pfeiffer", 1, test_examples=28))
+    write_result(root / "d", **single("cb", "full", 1))  # an older run: no count
+    write_result(root / "e", **single("wic", "lora", 1, test_examples=638))
+    write_result(root / "f", **single("wic", "pfeiffer", 1, test_examples=638))
+    out = tmp_path / "r"
+    assert main(["report", str(root), "--output-dir", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    table_end = md.index("\n\n")
+    notes = [line for line in md[table_end:].splitlines() if "56" in line and "28" in line]
+    assert len(notes) == 1 and all(word in notes[0] for word in ("cb", "lora", "pfeiffer"))
+    assert "638" not in md[table_end:]  # wic's runs agree: nothing to say
+    rows = csv_rows(out)
+    assert rows[("lora", "cb")]["test_examples"] == "56" and rows[("full", "cb")]["test_examples"] == ""
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_plot_is_named_missing(runs, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as in an install without the `plot` extra
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--output-dir", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.json", "report.md"]
+    captured = capsys.readouterr()
+    assert "pip install 'unipetl[plot]'" in captured.err
+    assert "report.png" not in captured.out.splitlines()[-1]  # the "written:" line lists what was written
