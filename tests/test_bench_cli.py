@@ -1,6 +1,7 @@
 """`unipetl bench`: every requested preset and PEFT's twin measured against full fine-tuning, bad input refused."""
 
 import json
+import os
 
 import pytest
 import transformers as T
@@ -122,3 +123,32 @@ def test_step_flops_equal_a_closed_form_count_of_the_matrix_products(tiny_bert):
     # only) and the classifier (both); no product in layer 0 has an operand that needs a gradient.
     backward = (layers - 2) * (linears + 2 * attention) + last_linears + 2 * attention + pooler + 2 * classifier
     assert step_flops(MethodSpec("floor", "floor", "ffn_output"), tiny_bert, batch, length) == forward + backward
+
+
+def test_bench_without_peft_leaves_its_rows_out_with_a_note_and_succeeds(tiny_bert, tmp_path, monkeypatch, capsys):
+    import sys
+
+    # PEFT hidden here and in the worker processes: an install without the test extra.
+    hidden = tmp_path / "hidden" / "peft"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError(\"No module named 'peft' (hidden by the test)\")\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hidden.parent), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setitem(sys.modules, "peft", None)
+    out = tmp_path / "bench"
+    code = run_cli("bench", "--model", tiny_bert, "--methods", "lora", "--rounds", 1, "--steps", 1, "--warmup", 0,
+                   "--batch-size", 2, "--seq-len", 8, "--output-dir", out)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads((out / "bench.json").read_text())
+    assert [row["label"] for row in result["rows"]] == ["full", "full (plain transformers)", "lora"]
+    assert all("error" not in row for row in result["rows"])
+    note = "PEFT is not installed: its rows are left out; pip install peft"
+    assert result["notes"] == [note]
+    assert note in (out / "bench.md").read_text() and note in captured.out
+
+
+def test_bench_with_peft_installed_has_no_notes():
+    from unipetl.bench import drop_unavailable, standard_specs
+
+    specs = standard_specs(["lora"])
+    assert drop_unavailable(specs) == (specs, [])

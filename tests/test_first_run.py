@@ -120,7 +120,10 @@ def test_keep_checkpoints_keeps_them(tiny_bert, tmp_path):
     out = tmp_path / "run"
     assert run_cli("train", "--task", "cb", "--method", "lora", "--model", tiny_bert, "--data-dir", GLUE,
                    "--output-dir", out, "--max-steps", 2, "--max-length", 32, "--no-progress", "--keep-checkpoints") == 0
-    assert any((out / "checkpoints").glob("checkpoint-*"))
+    (checkpoint,) = (out / "checkpoints").glob("checkpoint-*")
+    # what --resume needs, and no tokenizer or training-arguments copies
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["model.safetensors", "optimizer.pt", "rng_state.pth",
+                                                             "scheduler.pt", "trainer_state.json"]
 
 
 # 13. a bad name is refused before torch and transformers load

@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -37,12 +38,40 @@ class MethodSpec:
                            "first_position_only": self.first_position_only})
 
 
+PEFT_MISSING_NOTE = "PEFT is not installed: its rows are left out; pip install peft"
+
+
+def peft_available() -> bool:
+    """Whether PEFT imports here: it is only in the test extra, so an ordinary install may lack it."""
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def drop_unavailable(specs: list[MethodSpec]) -> tuple[list[MethodSpec], list[str]]:
+    """(the rows that can run here, notes on the rows left out): PEFT's rows need PEFT installed."""
+    if any(spec.library == "peft" for spec in specs) and not peft_available():
+        return [spec for spec in specs if spec.library != "peft"], [PEFT_MISSING_NOTE]
+    return specs, []
+
+
+def _query_value_names(base) -> list[str]:
+    """The module names of the query and value projections, as PEFT's target_modules: `query`/`value` in
+    BERT and RoBERTa, `q`/`v` in MPNet (from sites.py, the one place that knows them)."""
+    from .sites import resolve_sites
+
+    attention = resolve_sites(base).family.stacks[0].attention[0]
+    return [attention.q.rsplit(".", 1)[-1], attention.v.rsplit(".", 1)[-1]]
+
+
 def _peft_model(base, spec: MethodSpec):
     import peft
 
     if spec.method == "lora":
         config = peft.LoraConfig(task_type="SEQ_CLS", r=spec.overrides.get("r", 8), lora_alpha=spec.overrides.get("lora_alpha", 16),
-                                 lora_dropout=spec.overrides.get("lora_dropout", 0.0), target_modules=["query", "value"])
+                                 lora_dropout=spec.overrides.get("lora_dropout", 0.0), target_modules=_query_value_names(base))
     elif spec.method == "prefix":
         config = peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=spec.overrides.get("num_virtual_tokens", 200),
                                          prefix_projection=True, encoder_hidden_size=spec.overrides.get("encoder_hidden_size", 800))
@@ -137,8 +166,8 @@ def stored_bytes(model, spec: MethodSpec) -> int | None:
         return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
-def build(spec: MethodSpec, model_path: str):
-    """The model of one row, in training mode, with its optimizer:
+def build(spec: MethodSpec, model_path: str, device=None):
+    """The model of one row, in training mode, on ``device`` (default: the CPU), with its optimizer:
     (model, optimizer, trainable params, extra_loss, vocabulary size)."""
     from transformers import AutoModelForSequenceClassification
 
@@ -156,10 +185,12 @@ def build(spec: MethodSpec, model_path: str):
         model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset(spec.method, **spec.overrides),
                                        fast_cpu_dropout=spec.fast_cpu_dropout)
         model.first_position_only = spec.first_position_only
-        if spec.stage == "fixed_mask":
-            with torch.no_grad():
-                model.diff.weight.normal_()
-            model.project()
+    if device is not None:
+        model.to(device)  # before the projection and the optimizer: both run where the parameters are
+    if spec.stage == "fixed_mask":
+        with torch.no_grad():
+            model.diff.weight.normal_()
+        model.project()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     # Our models: the method's own optimizer groups (gate logits, mask scores) as `unipetl train` uses them.
@@ -168,25 +199,55 @@ def build(spec: MethodSpec, model_path: str):
     return model, optimizer, params, getattr(model, "extra_loss", lambda: None), base.config.vocab_size
 
 
-def random_batch(vocab_size: int, batch_size: int, seq_len: int) -> dict:
-    return {"input_ids": torch.randint(1000, vocab_size, (batch_size, seq_len)),
-            "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
-            "labels": torch.randint(0, 2, (batch_size,))}
+def random_batch(vocab_size: int, batch_size: int, seq_len: int, device=None) -> dict:
+    batch = {"input_ids": torch.randint(1000, vocab_size, (batch_size, seq_len)),
+             "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
+             "labels": torch.randint(0, 2, (batch_size,))}
+    return batch if device is None else {k: v.to(device) for k, v in batch.items()}
 
 
-def forward_backward(model, extra_loss, batch) -> None:
-    """The loss (with the method's extra loss, if any) and its backward pass."""
-    loss = model(**batch).loss
-    extra = extra_loss()
-    (loss if extra is None else loss + extra).backward()
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision as `Trainer` runs it (weights stay float32), or nothing when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def timed_step(model, optimizer, extra_loss, batch) -> float:
-    """Seconds of one forward + backward + optimizer step."""
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued kernels, so that a clock read after it covers them (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_backward(model, extra_loss, batch, autocast_dtype: torch.dtype | None = None) -> None:
+    """The loss (with the method's extra loss, if any) and its backward pass; the forward under autocast
+    when ``autocast_dtype`` is given (the backward outside it, as torch recommends)."""
+    with autocast(batch["input_ids"].device, autocast_dtype):
+        loss = model(**batch).loss
+        extra = extra_loss()
+        if extra is not None:
+            loss = loss + extra
+    loss.backward()
+
+
+def timed_step(model, optimizer, extra_loss, batch, autocast_dtype: torch.dtype | None = None) -> float:
+    """Seconds of one forward + backward + optimizer step (on a GPU, from idle to all its kernels done)."""
+    device = batch["input_ids"].device
+    synchronize(device)
     start = time.perf_counter()
-    forward_backward(model, extra_loss, batch)
+    forward_backward(model, extra_loss, batch, autocast_dtype)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def timed_forward(model, inputs: dict, autocast_dtype: torch.dtype | None = None) -> float:
+    """Seconds of one no-grad forward (on a GPU, from idle to all its kernels done)."""
+    device = inputs["input_ids"].device
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.no_grad(), autocast(device, autocast_dtype):
+        model(**inputs)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -232,14 +293,22 @@ def measure_interleaved(specs: list[MethodSpec], model_path: str, batch_size: in
     Runs in the worker."""
     built = {spec.label: build(spec, model_path) for spec in specs}
     batch = random_batch(next(iter(built.values()))[4], batch_size, seq_len)
+    times = interleaved_step_seconds(built, batch, steps, warmup)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
+def interleaved_step_seconds(built: dict[str, tuple], batch: dict, steps: int, warmup: int,
+                             autocast_dtype: torch.dtype | None = None) -> dict[str, list[float]]:
+    """Each built row (label -> `build`'s tuple) stepped in turn, the order reversed every other turn;
+    the seconds of every step after ``warmup`` turns, per label."""
     times: dict[str, list[float]] = {label: [] for label in built}
     for turn in range(warmup + steps):
         for label in (list(built) if turn % 2 == 0 else list(built)[::-1]):
             model, optimizer, _, extra_loss, _ = built[label]
-            seconds = timed_step(model, optimizer, extra_loss, batch)
+            seconds = timed_step(model, optimizer, extra_loss, batch, autocast_dtype)
             if turn >= warmup:
                 times[label].append(seconds)
-    return {label: statistics.median(values) for label, values in times.items()}
+    return times
 
 
 def run_worker(spec: MethodSpec, model_path: str, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
@@ -259,7 +328,9 @@ def _worker_result(code: str, specs_json: str, label: str, *args) -> dict:
 def paired_benchmark(specs: list[MethodSpec], references: list[MethodSpec], model_path: str, batch_size=16, seq_len=128,
                      steps=6, warmup=2, rounds=2, log=print) -> dict:
     """Step-time ratios of each row to each reference, the row and the references trained side by side in
-    one fresh process (measure_interleaved); each ratio is the median over rounds of one process's ratio."""
+    one fresh process (measure_interleaved); each ratio is the median over rounds of one process's ratio.
+    Rows of a library that is not installed (PEFT) are left out, with a note in ``notes``."""
+    specs, notes = drop_unavailable(specs)
     code = ("import json,sys; from unipetl.bench import MethodSpec, measure_interleaved; "
             "s=[MethodSpec(**x) for x in json.loads(sys.argv[1])]; "
             "print('RESULT'+json.dumps(measure_interleaved(s, sys.argv[2], *map(int, sys.argv[3:]))))")
@@ -280,11 +351,17 @@ def paired_benchmark(specs: list[MethodSpec], references: list[MethodSpec], mode
              "ratios": {ref: {"median": statistics.median(values), "per_round": [round(v, 4) for v in values]}
                         for ref, values in ratios[s.label].items() if values}} for s in specs]
     return {"machine": machine_description(), "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
-            "warmup": warmup, "rounds": rounds, "references": [r.label for r in references], "rows": rows}
+            "warmup": warmup, "rounds": rounds, "references": [r.label for r in references], "rows": rows,
+            "notes": notes}
 
 
 def benchmark(specs: list[MethodSpec], model_path: str, batch_size=16, seq_len=128, steps=6, warmup=2, rounds=2,
               reference="full", log=print) -> dict:
+    """Every row measured in fresh processes (run_worker), rounds interleaved, medians and ratios to
+    ``reference``. Rows of a library that is not installed (PEFT) are left out, with a note in ``notes``."""
+    specs, notes = drop_unavailable(specs)
+    for note in notes:
+        log(note)
     runs: dict[str, list[dict]] = {s.label: [] for s in specs}
     for round_index in range(rounds):
         for spec in specs:
@@ -309,7 +386,7 @@ def benchmark(specs: list[MethodSpec], model_path: str, batch_size=16, seq_len=1
                 row["training_memory_ratio"] = summary["training_rss_increase_mb"] / ref["training_rss_increase_mb"]
         rows.append(row)
     return {"machine": machine_description(), "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
-            "warmup": warmup, "rounds": rounds, "reference": reference, "rows": rows}
+            "warmup": warmup, "rounds": rounds, "reference": reference, "rows": rows, "notes": notes}
 
 
 def _summary(results: list[dict]) -> dict:
@@ -353,6 +430,7 @@ def to_markdown(result: dict) -> str:
                  f" `{PLAIN_FULL}`: transformers' model trained as it is (torch's dropout sampler, the last layer at "
                  "every position), the baseline PEFT's and adapters' numbers are relative to."
                  if any(row["label"] == PLAIN_FULL for row in result["rows"]) else ""), "",
+             *(f"Note: {note}  " for note in result.get("notes", [])), *([""] if result.get("notes") else []),
              "| method | library | trainable params | stored bytes | step (s) | step / full | inference (s) | inference / full "
              "| peak RSS (MB) | peak RSS / full | training memory increase (MB) | increase / full |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

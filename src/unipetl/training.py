@@ -96,10 +96,18 @@ class PetlTrainer(Seq2SeqTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _save(self, output_dir=None, state_dict=None):
-        # Checkpoints keep the trainable tensors only: the frozen backbone is the same in every one.
+        # A checkpoint holds what --resume needs beside the Trainer's optimizer, scheduler and RNG state: the
+        # trainable tensors. Not the frozen backbone (the same in every one), not the tokenizer.
+        from safetensors.torch import save_file
+        from transformers.utils import SAFE_WEIGHTS_NAME
+
+        if not self.args.should_save:
+            return
+        output_dir = Path(output_dir or self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
         petl = self.accelerator.unwrap_model(self.model)
         state_dict = {n: p.detach().cpu().contiguous() for n, p in petl.named_parameters() if p.requires_grad}
-        super()._save(output_dir, state_dict=state_dict)
+        save_file(state_dict, str(output_dir / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
 
     def _load_trainable(self, checkpoint_dir: str) -> None:
         from safetensors.torch import load_file

@@ -131,7 +131,7 @@ def file_splits(load: Callable[[str, bool], list], train_file: str | None, valid
         raise DataError("give the training data with --train-file (or run online to use the hub copy)")
     train = load(train_file, True)
     held = 2 if validation_file is None and test_file is None else 1 if validation_file is None else 0
-    if held and len(train) < 10 * held:
+    if held and len(train) < 10:
         raise DataError(f"{train_file}: {len(train)} examples are too few to hold out validation and test splits; "
                         f"give --validation-file / --test-file")
     order = np.random.default_rng(seed).permutation(len(train))
