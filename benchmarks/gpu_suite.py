@@ -481,7 +481,7 @@ def left_attached(petl) -> list[str]:
 
     left = [name for name, module in petl.model.named_modules()
             if isinstance(module, (LinearWithChanges, PfeifferLayerNorm)) or hasattr(module, PREFIX_ATTR)]
-    return left + (["prompt"] if petl.prompt is not None else []) + (["diff"] if petl.diff is not None else [])
+    return left + [key for key in ("prompt", "diff") if key in petl.methods]
 
 
 def perturb_trainable(model, scale: float = 0.02) -> None:

@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 
 from tiny_models import FAMILIES, logits, tiny_batch, tiny_model
 from unipetl import PetlConfig, get_petl_model
-from unipetl.diff import (GatedDiff, TaskDiff, decode_indices, diff_layout, encode_indices, magnitude_threshold,
+from unipetl.diff import (GatedDiff, decode_indices, diff_layout, encode_indices, magnitude_threshold,
                           project_to_density)
+from unipetl.task_diff import TaskDiff
 from unipetl import gates
 from unipetl.errors import ConfigError, ModuleFormatError
 from unipetl.gates import deterministic_gates, expected_l0, gated_diff, sample_gates, uniform_noise

@@ -5,47 +5,65 @@ import transformers as T
 
 FAMILIES = ("bert", "roberta", "mpnet", "t5", "bart")
 ENCODERS = ("bert", "roberta", "mpnet")
+# Every model type the site table claims, one tiny model each: XLM-R (roberta family), mT5 and T5 v1.1
+# (t5 family, gated FFN: wi_0 and wi_1) and mBART (bart family). The contract suite runs over all of them.
+CONTRACT_FAMILIES = ("bert", "roberta", "mpnet", "t5", "bart", "xlmr", "mt5", "mbart", "t5v11")
+SEQ2SEQ = ("t5", "bart", "mt5", "mbart", "t5v11")
 HIDDEN, LAYERS, HEADS, FFN, VOCAB = 32, 2, 4, 64, 120
 
 
+def _t5_sizes():
+    return dict(d_model=HIDDEN, d_kv=HIDDEN // HEADS, d_ff=FFN, num_layers=LAYERS, num_heads=HEADS,
+                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, vocab_size=VOCAB)
+
+
+def _bart_sizes():
+    return dict(d_model=HIDDEN, encoder_layers=LAYERS, decoder_layers=LAYERS, encoder_attention_heads=HEADS,
+                decoder_attention_heads=HEADS, encoder_ffn_dim=FFN, decoder_ffn_dim=FFN, max_position_embeddings=128,
+                vocab_size=VOCAB)
+
+
+def _encoder_sizes(num_labels):
+    return dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN,
+                num_labels=num_labels, vocab_size=VOCAB)
+
+
 def tiny_model(family: str, num_labels: int = 3, seed: int = 0):
-    """A tiny model with sequence-classification (encoders) or generation (T5/BART) head, in eval mode."""
+    """A tiny model with sequence-classification (encoders) or generation (T5/BART families) head, in eval mode."""
     torch.manual_seed(seed)
-    common = dict(vocab_size=VOCAB)
     if family == "bert":
-        config = T.BertConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                              intermediate_size=FFN, num_labels=num_labels, **common)
-        model = T.BertForSequenceClassification(config)
+        model = T.BertForSequenceClassification(T.BertConfig(**_encoder_sizes(num_labels)))
     elif family == "roberta":
-        config = T.RobertaConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                                 intermediate_size=FFN, num_labels=num_labels, pad_token_id=1, **common)
-        model = T.RobertaForSequenceClassification(config)
+        model = T.RobertaForSequenceClassification(T.RobertaConfig(pad_token_id=1, **_encoder_sizes(num_labels)))
+    elif family == "xlmr":
+        model = T.XLMRobertaForSequenceClassification(T.XLMRobertaConfig(pad_token_id=1, **_encoder_sizes(num_labels)))
     elif family == "mpnet":
-        config = T.MPNetConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                               intermediate_size=FFN, num_labels=num_labels, **common)
-        model = T.MPNetForSequenceClassification(config)
+        model = T.MPNetForSequenceClassification(T.MPNetConfig(**_encoder_sizes(num_labels)))
     elif family == "t5":
-        config = T.T5Config(d_model=HIDDEN, d_kv=HIDDEN // HEADS, d_ff=FFN, num_layers=LAYERS, num_heads=HEADS,
-                            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **common)
-        model = T.T5ForConditionalGeneration(config)
+        model = T.T5ForConditionalGeneration(T.T5Config(**_t5_sizes()))
+    elif family == "t5v11":  # T5 v1.1: gated-GELU FFN (wi_0, wi_1), untied LM head
+        model = T.T5ForConditionalGeneration(T.T5Config(feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                                                        **_t5_sizes()))
+    elif family == "mt5":  # MT5Config defaults to the gated-GELU FFN and an untied LM head
+        model = T.MT5ForConditionalGeneration(T.MT5Config(**_t5_sizes()))
     elif family == "bart":
-        config = T.BartConfig(d_model=HIDDEN, encoder_layers=LAYERS, decoder_layers=LAYERS,
-                              encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN,
-                              decoder_ffn_dim=FFN, max_position_embeddings=128, **common)
-        model = T.BartForConditionalGeneration(config)
+        model = T.BartForConditionalGeneration(T.BartConfig(**_bart_sizes()))
+    elif family == "mbart":
+        model = T.MBartForConditionalGeneration(T.MBartConfig(**_bart_sizes()))
     else:
         raise ValueError(family)
     return model.eval()
 
 
 def tiny_batch(family: str, batch: int = 3, length: int = 7, seed: int = 1, num_labels: int = 3):
-    """Inputs with padding in one row, and labels, for the tiny model of ``family``."""
+    """Inputs with padding in one row, and labels (target token ids for the seq2seq families), for the tiny
+    model of ``family``."""
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, VOCAB, (batch, length), generator=g)
     attention_mask = torch.ones(batch, length, dtype=torch.long)
     attention_mask[0, -2:] = 0
     out = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if family in ("t5", "bart"):
+    if family in SEQ2SEQ:
         out["labels"] = torch.randint(5, VOCAB, (batch, 4), generator=g)
     else:
         out["labels"] = torch.randint(0, num_labels, (batch,), generator=g)

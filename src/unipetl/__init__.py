@@ -16,8 +16,8 @@ _EXPORTS = {
     "PetlConfig": "config",
     "ConfigError": "errors", "DataError": "errors", "ModuleFormatError": "errors", "UnipetlError": "errors",
     "UnsupportedModelError": "errors",
-    "PetlModel": "model", "backbone_fingerprint": "model", "get_petl_model": "model",
-    "PRESETS": "presets", "describe_preset": "presets", "list_presets": "presets",
+    "PetlModel": "model", "backbone_fingerprint": "heads", "get_petl_model": "model",
+    "PRESETS": "presets", "describe_preset": "config", "list_presets": "presets",
     "supported_model_types": "sites",
     "load_petl_model": "storage",
 }

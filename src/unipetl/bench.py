@@ -108,7 +108,7 @@ def floor_model(base, site: str, fast_cpu_dropout: bool = True, first_position_o
     from . import first_position
     from .attention import enable_dropout_attention
     from .dropout import enable_fast_dropout
-    from .model import head_parameter_names
+    from .heads import head_parameter_names
     from .sites import resolve_sites
 
     if fast_cpu_dropout:
@@ -156,7 +156,7 @@ def stored_bytes(model, spec: MethodSpec) -> int | None:
     if spec.library in ("floor", "plain"):
         return None
     if spec.library == "unipetl":
-        if model.diff is not None and spec.stage != "fixed_mask":  # stored after projection to its density
+        if getattr(model, "diff", None) is not None and spec.stage != "fixed_mask":  # stored after projection to its density
             with torch.no_grad():
                 model.diff.weight.normal_()
             model.project()

@@ -328,7 +328,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_file
+    from .training import predict_file
 
     predict_file(args.module, args.input, args.output, args.model)
     return 0

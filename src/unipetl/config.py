@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .presets import PRESETS, TRANSFER_PRESETS
 
-# Stage 2 of transfer learning over frozen source adapters (transfer.py); named here so that the
-# command line can check a method name without importing torch.
-SCALEARN_METHODS = ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp")
-TRANSFER_METHODS = (*SCALEARN_METHODS, "adapterfusion")
+# Stage 2 of transfer learning over frozen source adapters (transfer.py): presets whose config is
+# completed by their sources. Named here so that the command line checks a name without torch.
+TRANSFER_METHODS = TRANSFER_PRESETS
+SCALEARN_METHODS = tuple(name for name in TRANSFER_PRESETS if name.startswith("scalearn"))
 
 ATTN_MODES = ("none", "adapter", "lora", "prefix", "prompt_tuning", "bitfit")
 ATTN_OPTIONS = ("none", "sequential", "parallel", "concat", "cross_attn", "cross_attn_noln", "cross_attn_relu")
@@ -126,8 +127,6 @@ class PetlConfig:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "PetlConfig":
-        from .presets import PRESETS
-
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
         values = dict(PRESETS[name]["config"])
@@ -199,7 +198,7 @@ class PetlConfig:
             needs_size = self.attn_mode != "adapter" or self.reduction_factor is None
             if needs_size:
                 _positive_int("attn_bn", self.attn_bn, f"attn_mode={self.attn_mode!r}")
-        if self.ffn_mode != "none":
+        if self.ffn_mode != "none" and self.param_source != "scaled_mixture":  # a mixture's size is its sources'
             if self.ffn_mode == "lora" or self.reduction_factor is None:
                 _positive_int("ffn_bn", self.ffn_bn, f"ffn_mode={self.ffn_mode!r}")
         if self.reduction_factor is not None and not (
@@ -257,8 +256,6 @@ class PetlConfig:
             raise ConfigError(f"train_pooler={self.train_pooler!r} must be true or false")
 
     def _validate_diff(self) -> None:
-        from .diff import check_density
-
         if self.train_pooler:
             raise ConfigError("train_pooler=True with param_source='gated_diff': the diff already covers the pooler")
 
@@ -295,6 +292,18 @@ class PetlConfig:
     @property
     def is_empty(self) -> bool:
         return self.attn_mode == "none" and self.ffn_mode == "none" and not self.full_finetune
+
+
+def check_density(density) -> None:
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:
+        raise ConfigError(f"diff_density={density!r} must be the fraction of parameters kept, in (0, 1]")
+
+
+def describe_preset(name: str) -> dict[str, Any]:
+    config = PetlConfig.from_preset(name)  # validates the name
+    row = PRESETS[name]
+    return {"name": name, "summary": row["summary"], "source": row["source"], "learning_rate": row["learning_rate"],
+            "config": config.to_dict()}
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

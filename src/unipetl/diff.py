@@ -9,17 +9,16 @@ by a diff delta. Two sources give delta:
 
 `project_to_density` turns the first into the second with a global magnitude threshold. On disk a
 sparse diff is the index gaps (uint16 when every gap fits, else uint32) and the values.
-`TaskDiff` applies a stored diff (and head) to a backbone in place and restores it bit-exactly.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
-from .errors import ConfigError, ModuleFormatError
+from .config import check_density
+from .errors import ModuleFormatError
+from .heads import head_parameter_names
 from .gates import (deterministic_gates, expected_l0, gated_diff, group_noise, open_probability, sample_gates,
                     uniform_noise)
 
@@ -170,11 +169,6 @@ def project_to_density(diff: GatedDiff, density: float, gates: str = "sample") -
     return sparse, stats
 
 
-def check_density(density) -> None:
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:
-        raise ConfigError(f"diff_density={density!r} must be the fraction of parameters kept, in (0, 1]")
-
-
 def check_indices(indices: torch.Tensor, total: int, source: str) -> None:
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= total):
         raise ModuleFormatError(f"{source}: diff index {int(indices.max())} runs past the parameter vector "
@@ -211,93 +205,7 @@ def decode_indices(gaps: torch.Tensor, total: int, source: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------- applying in place
-class TaskDiff:
-    """A stored task: sparse diff over a backbone's parameters plus its dense head.
-
-    ``apply(model)`` writes theta_pre + delta into the model's own tensors (and the head), keeping the
-    overwritten values; ``remove(model)`` writes them back, so the backbone is restored bit-exactly
-    (adding and subtracting would not be). One backbone can switch between tasks this way.
-    """
-
-    def __init__(self, layout: FlatLayout, indices: torch.Tensor, values: torch.Tensor, head: dict[str, torch.Tensor],
-                 name: str = "task"):
-        self.layout, self.indices, self.values, self.head, self.name = layout, indices, values, head, name
-        self._saved: dict | None = None
-
-    @classmethod
-    def from_module(cls, model: nn.Module, directory) -> "TaskDiff":
-        from .storage import check_backbone, read_module
-
-        header, tensors = read_module(directory)
-        if header["config"].get("param_source") != "gated_diff":
-            raise ModuleFormatError(f"{directory} is not a diff-pruned task module "
-                                    f"(param_source={header['config'].get('param_source')!r})")
-        check_backbone(model, header, directory)
-        layout = diff_layout(model)
-        if "methods.diff.index_gaps" not in tensors:
-            raise ModuleFormatError(f"{directory}: a diff module from the L0 stage; project it to a density first")
-        indices = decode_indices(tensors["methods.diff.index_gaps"], layout.total, str(directory))
-        values = tensors["methods.diff.values"]
-        if values.shape != indices.shape:
-            raise ModuleFormatError(f"{directory}: {values.numel()} diff values for {indices.numel()} indices")
-        head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
-        return cls(layout, indices, values, head, name=(header.get("task") or {}).get("name", str(directory)))
-
-    def _targets(self, model: nn.Module) -> tuple[dict, dict]:
-        params = dict(model.named_parameters())
-        if [n for n in self.layout.names if n not in params] or diff_layout(model).names != self.layout.names:
-            raise ModuleFormatError(f"task {self.name!r}: this model's parameters do not match the diff's layout")
-        for name, value in self.head.items():
-            if name not in params or params[name].shape != value.shape:
-                raise ModuleFormatError(f"task {self.name!r}: head tensor {name!r} of shape {tuple(value.shape)} does not "
-                                        f"fit this model ({tuple(params[name].shape) if name in params else 'missing'})")
-        return params, {n: params[n] for n in self.head}
-
-    @torch.no_grad()
-    def apply(self, model: nn.Module) -> None:
-        if self._saved is not None:
-            raise RuntimeError(f"task {self.name!r} is already applied; remove() it first")
-        params, head = self._targets(model)
-        saved = {"head": {n: p.detach().clone() for n, p in head.items()}, "diff": []}
-        for name, start, local, values in self._per_tensor():
-            flat = params[name].data.view(-1)
-            saved["diff"].append((name, local, flat[local].clone()))
-            flat[local] += values.to(flat.dtype)
-        for name, value in self.head.items():
-            head[name].copy_(value)
-        self._saved = saved
-
-    @torch.no_grad()
-    def remove(self, model: nn.Module) -> None:
-        if self._saved is None:
-            raise RuntimeError(f"task {self.name!r} is not applied")
-        params = dict(model.named_parameters())
-        for name, local, original in self._saved["diff"]:
-            params[name].data.view(-1)[local] = original
-        for name, value in self._saved["head"].items():
-            params[name].copy_(value)
-        self._saved = None
-
-    @contextmanager
-    def applied(self, model: nn.Module):
-        self.apply(model)
-        try:
-            yield model
-        finally:
-            self.remove(model)
-
-    def _per_tensor(self):
-        start = 0
-        bounds = torch.tensor([0] + self.layout.sizes).cumsum(0)
-        for i, name in enumerate(self.layout.names):
-            lo, hi = torch.searchsorted(self.indices, bounds[i]), torch.searchsorted(self.indices, bounds[i + 1])
-            if hi > lo:
-                yield name, start, self.indices[lo:hi] - bounds[i], self.values[lo:hi]
-
-
 def diff_layout(model: nn.Module) -> FlatLayout:
     """The diffed tensors of a transformers model: every parameter outside the task head (tied ones once)."""
-    from .model import head_parameter_names
-
     head = set(head_parameter_names(model))
     return FlatLayout([(n, tuple(p.shape)) for n, p in model.named_parameters() if n not in head])

@@ -198,6 +198,10 @@ class PrefixGenerator(nn.Module):
         """All sites' prefixes (n, l, 2d): what is stored once training is over."""
         return self._every_site().contiguous()
 
+    def stored_state(self) -> dict[str, torch.Tensor]:
+        """A task module stores the generated prefixes, not the MLP (loaded as a `FlatPrefix`)."""
+        return {"values": self.eject()}
+
 
 class FlatPrefix(nn.Module):
     """Prefixes held directly as (n, l, 2d) values: no MLP (prefix_nomlp) or after ejecting the MLP."""

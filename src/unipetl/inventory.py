@@ -17,7 +17,7 @@ def methods_table(model: str | None = None, task: str = "sst2") -> list[dict]:
     for name in list_presets():
         petl = get_petl_model(copy.deepcopy(backbone.model), PetlConfig.from_preset(name))
         report = petl.report()
-        if petl.diff is not None:  # diff pruning: trains the dense diff and gates, stores the projected diff
+        if len(petl.training_stages()) > 1:  # diff pruning: trains the dense diff and gates, stores the projected diff
             import torch
 
             with torch.no_grad():

@@ -41,19 +41,14 @@ class MultiTaskModel(nn.Module):
                                                          if n != model.base_model_prefix})
                                     for name, model in zip(task_names, task_models)})
         self._task_models = dict(zip(task_names, task_models))
-        self.group_rules = petl.group_rules
 
     def forward(self, task: torch.Tensor, **inputs):
         name = self.task_names[int(task.reshape(-1)[0])]
         self.petl.set_task(name)
-        if self.petl.prompt is not None:
-            inputs = self.petl._with_prompt(inputs)
-        model = self._task_models[name]
-        with self.petl.first_position_context(model, inputs):
-            return model(**inputs)
+        return self.petl.forward_on(self._task_models[name], **inputs)
 
     def parameter_groups(self, learning_rate: float, weight_decay: float) -> list[dict]:
-        return type(self.petl).parameter_groups(self, learning_rate, weight_decay)
+        return self.petl.parameter_groups(learning_rate, weight_decay, self.named_parameters())
 
     def extra_loss(self):
         return self.petl.extra_loss()

@@ -11,20 +11,12 @@ import json
 from safetensors.torch import save as save_safetensors
 
 from .errors import ModuleFormatError
+from .atomic import write_directory_atomically
 from .insertion import LinearWithChanges
-from .storage import write_directory_atomically
+from .sites import head_table
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
-
-
-def _task_type(model) -> str:
-    name = type(model).__name__
-    if "ForSequenceClassification" in name:
-        return "SEQ_CLS"
-    if "ForConditionalGeneration" in name:
-        return "SEQ_2_SEQ_LM"
-    return "FEATURE_EXTRACTION"
 
 
 def export_peft(petl, directory, base_model_name_or_path: str | None = None) -> None:
@@ -53,7 +45,7 @@ def export_peft(petl, directory, base_model_name_or_path: str | None = None) -> 
     rank = max(ranks.values(), key=list(ranks.values()).count)  # the most common rank; others by pattern
     config = {
         "peft_type": "LORA",
-        "task_type": _task_type(petl.model),
+        "task_type": head_table(petl.model).peft_task_type,
         "base_model_name_or_path": base_model_name_or_path or getattr(petl.model.config, "_name_or_path", None),
         "r": rank,
         "lora_alpha": cfg.lora_alpha,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import torch
@@ -65,17 +63,3 @@ def predict_examples(petl, backbone, spec, examples, max_length: int = 128, batc
                 out.append({"prediction": names[int(row.argmax())],
                             "probabilities": {names[i]: round(p, 6) for i, p in enumerate(probs)}})
     return out
-
-
-def predict_file(module_dir: str, input_path: str, output_path: str | None = None, model: str | None = None) -> list[dict]:
-    from .training import load_task_module
-
-    petl, backbone, io, info = load_task_module(module_dir, model)
-    examples = io.read_inputs(input_path)
-    predictions = io.predict(petl, backbone, examples, info.get("max_length", 128))
-    text = "".join(json.dumps(p) + "\n" for p in predictions)
-    if output_path:
-        Path(output_path).write_text(text)
-    else:
-        sys.stdout.write(text)
-    return predictions

@@ -14,6 +14,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "houlsby": {
         "summary": "Sequential adapters after attention and after the FFN (Houlsby et al. 2019)",
         "source": "§1.1 (adapter-transformers: reduction factor 16, swish) and §3.3 (attention adapter with LN 'in')",
+        "learning_rate": 1e-3,
         "config": dict(
             attn_mode="adapter", attn_option="sequential",
             ffn_mode="adapter", ffn_option="sequential",
@@ -24,6 +25,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pfeiffer": {
         "summary": "One sequential adapter after the FFN, Pfeiffer placement (LN reused twice)",
         "source": "§1.1 (reduction factor 16, ReLU, bert init); ScaLearn stage 1 (§5.1)",
+        "learning_rate": 1e-3,
         "config": dict(
             ffn_mode="adapter", ffn_option="pfeiffer",
             ffn_adapter_layernorm_option="none", ffn_adapter_init_option="bert", ffn_adapter_scalar=1.0,
@@ -33,6 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "parallel": {
         "summary": "Parallel adapter at the FFN (He et al.): reads the FFN input, adds to its output",
         "source": "§1.1 (adapter-transformers par_bn: reduction factor 2, mam init, scaling 1)",
+        "learning_rate": 1e-3,
         "config": dict(
             ffn_mode="adapter", ffn_option="parallel",
             ffn_adapter_layernorm_option="none", ffn_adapter_init_option="lora", ffn_adapter_scalar=1.0,
@@ -42,6 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "scaled_parallel": {
         "summary": "Scaled parallel adapter at the FFN, s = 4 (He et al.'s FFN scaled PA)",
         "source": "§3.3 (ffn adapter / parallel / LN none / lora init / scalar 4 / r = 512 on d = 1024) and §1.1 (rf 2)",
+        "learning_rate": 1e-3,
         "config": dict(
             ffn_mode="adapter", ffn_option="parallel",
             ffn_adapter_layernorm_option="none", ffn_adapter_init_option="lora", ffn_adapter_scalar=4.0,
@@ -51,26 +55,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lora": {
         "summary": "LoRA on the query and value projections",
         "source": "§3.3 (r = 16, alpha 32, dropout 0.1, lora init) and §1.2",
+        "learning_rate": 1e-3,
         "config": dict(attn_mode="lora", attn_bn=16, lora_alpha=32.0, lora_dropout=0.1, lora_init="lora"),
     },
     "prefix": {
         "summary": "Prefix tuning (Li & Liang) with the MLP reparameterisation, prefixes concatenated to K/V",
         "source": "§3.3 (prefix / concat / l = 200, mid_dim 800) and §1.3",
+        "learning_rate": 1e-3,
         "config": dict(attn_mode="prefix", attn_option="concat", attn_bn=200, mid_dim=800),
     },
     "prompt_tuning": {
         "summary": "Prompt tuning: learned embeddings prepended to the (encoder) input",
         "source": "§3.3 (prompt_tuning, l = 200)",
+        "learning_rate": 3e-2,
         "config": dict(attn_mode="prompt_tuning", attn_bn=200),
     },
     "bitfit": {
         "summary": "BitFit: train every bias of the backbone (as a stored bias delta)",
         "source": "§3.2 (attn_mode bitfit trains every parameter whose name contains 'bias')",
+        "learning_rate": 1e-3,
         "config": dict(attn_mode="bitfit"),
     },
     "mam": {
         "summary": "Mix-and-match adapter: prefix (l = 30) + FFN scaled parallel adapter (r = 512, s = 4)",
         "source": "§3.3 (MAM, XSum/en-ro flags)",
+        "learning_rate": 1e-3,
         "config": dict(
             attn_mode="prefix", attn_option="concat", attn_bn=30, mid_dim=800,
             ffn_mode="adapter", ffn_option="parallel", ffn_bn=512,
@@ -80,6 +89,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mam_glue": {
         "summary": "MAM adapter, GLUE variant of the released script: prefix l = 16 + scaled PA r = 16, s = 2",
         "source": "§3.3 (MAM adapter, GLUE script)",
+        "learning_rate": 1e-3,
         "config": dict(
             attn_mode="prefix", attn_option="concat", attn_bn=16, mid_dim=800,
             ffn_mode="adapter", ffn_option="parallel", ffn_bn=16,
@@ -89,6 +99,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "proadapter": {
         "summary": "ProAdapter (ProPETL): one Pfeiffer adapter shared by all layers, each layer keeps half of it by a learned mask",
         "source": "§2.2 and §2.5 (reduction factor 12, keep 0.5, mask lr 3e-3, weight decay 0.1 on scores)",
+        # One prototype serves every layer, each through half of its entries; at the same short budget it
+        # needs twice the adapter's rate (MiniLM, 2 epochs: STS-B 77.48 at 1e-3, 82.29 at 2e-3 against pfeiffer's
+        # 82.18; SST-2 81.54 -> 83.37 against 83.03; benchmarks/results/propetl_quality*_cpu.md).
+        "learning_rate": 2e-3,
         "config": dict(
             ffn_mode="adapter", ffn_option="pfeiffer",
             ffn_adapter_layernorm_option="none", ffn_adapter_init_option="bert", ffn_adapter_scalar=1.0,
@@ -99,18 +113,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     "prolora": {
         "summary": "ProLoRA (ProPETL): one LoRA pair per projection (q, v) shared by all layers, 10 % kept per layer",
         "source": "§2.3 and §2.5 (r 32, alpha 48, keep 0.1, mask lr 3e-2)",
+        "learning_rate": 1e-3,
         "config": dict(attn_mode="lora", attn_bn=32, lora_alpha=48.0, lora_dropout=0.0, lora_init="lora",
                        param_source="masked_prototype", mask_keep=0.1, mask_learning_rate=3e-2, mask_weight_decay=0.1),
     },
     "proprefix": {
         "summary": "ProPrefix (ProPETL): one generated prefix shared by all layers, 10 % kept per layer",
         "source": "§2.4 and §2.5 (l 64, MLP width 512, keep 0.1, mask lr 1e-4)",
+        "learning_rate": 1e-3,
         "config": dict(attn_mode="prefix", attn_option="concat", attn_bn=64, mid_dim=512,
                        param_source="masked_prototype", mask_keep=0.1, mask_learning_rate=1e-4, mask_weight_decay=0.1),
     },
     "diffprune": {
         "summary": "Diff pruning: L0-gated diff on every backbone weight, projected to 0.5 %, then fine-tuned with the mask fixed",
         "source": "§4.1-4.3 (structured gates, l=-1.5, r=1.5, alpha 5, lambda 1.25e-7, gate lr 0.1, fixed-mask lr 5e-5)",
+        # The L0 stage's diff w (gates: gate_learning_rate; fixed-mask stage: fixmask_learning_rate).
+        "learning_rate": 1e-5,
         "config": dict(param_source="gated_diff", diff_density=0.005, l0_penalty=1.25e-7, gate_init=5.0,
                        gate_limits=(-1.5, 1.5), gate_structured=True, gate_learning_rate=0.1,
                        fixmask_learning_rate=5e-5),
@@ -118,38 +136,65 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "summary": "Full fine-tuning baseline: every backbone weight and the head are trained and stored",
         "source": "baseline",
+        "learning_rate": 5e-5,
         "config": dict(full_finetune=True),
+    },
+    # Stage 2 of transfer learning over frozen Pfeiffer source adapters (ALGORITHMS.md §5; built with
+    # unipetl.transfer.get_transfer_model, which fills in the sources and their bottleneck size).
+    "scalearn": {
+        "summary": "ScaLearn: frozen source adapters combined by learned scales, one per layer, source and dimension",
+        "source": "§5.2 (omega ~ N(2/N, 0.001), dropout 0.3 on omega, lr 6e-3)",
+        "learning_rate": 6e-3,
+        "needs_sources": True,
+        "config": dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture", mixture="scalearn",
+                       omega_dropout=0.3),
+    },
+    "scalearn_uniform": {
+        "summary": "ScaLearnUniform: one scale per layer and source",
+        "source": "§5.2",
+        "learning_rate": 6e-3,
+        "needs_sources": True,
+        "config": dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture",
+                       mixture="scalearn_uniform", omega_dropout=0.3),
+    },
+    "scalearn_pp": {
+        "summary": "ScaLearn++: one (sources x dimension) set of scales shared by every layer",
+        "source": "§5.2",
+        "learning_rate": 6e-3,
+        "needs_sources": True,
+        "config": dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture", mixture="scalearn_pp",
+                       omega_dropout=0.3),
+    },
+    "scalearn_uniform_pp": {
+        "summary": "ScaLearnUniform++: one scale per source, shared by every layer (no dropout on omega)",
+        "source": "§5.2",
+        "learning_rate": 6e-3,
+        "needs_sources": True,
+        "config": dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture",
+                       mixture="scalearn_uniform_pp", omega_dropout=0.0),
+    },
+    "adapterfusion": {
+        "summary": "AdapterFusion (Pfeiffer et al. 2021): attention over the source adapters' outputs, the baseline",
+        "source": "§5.3 (value initialised to the identity, 0.01 * ||I - V||^2 in the loss, dropout 0.1, lr 5e-5)",
+        "learning_rate": 5e-5,
+        "needs_sources": True,
+        "config": dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture", mixture="adapterfusion"),
     },
 }
 
 
-# Default learning rates for `unipetl train` (override with --learning-rate). Full fine-tuning needs a
-# small rate; the PETL methods train few, freshly initialised parameters and take larger ones (He et
-# al. §3.5 use 1e-4 over 10 epochs; the short default runs here need more per step).
-LEARNING_RATES: dict[str, float] = {
-    "houlsby": 1e-3, "pfeiffer": 1e-3, "parallel": 1e-3, "scaled_parallel": 1e-3, "lora": 1e-3, "prefix": 1e-3,
-    "prompt_tuning": 3e-2, "bitfit": 1e-3, "mam": 1e-3, "mam_glue": 1e-3, "full": 5e-5,
-    # ProAdapter: one prototype serves every layer, each through half of its entries; at the same short
-    # budget it needs twice the adapter's rate (MiniLM, 2 epochs: STS-B 77.48 at 1e-3, 82.29 at 2e-3 against
-    # pfeiffer's 82.18; SST-2 81.54 -> 83.37 against 83.03; benchmarks/results/propetl_quality*_cpu.md).
-    "proadapter": 2e-3, "prolora": 1e-3, "proprefix": 1e-3,
-    "diffprune": 1e-5,  # the L0 stage's diff w (gates: gate_learning_rate; fixed-mask stage: fixmask_learning_rate)
-    # Transfer methods (unipetl transfer; ALGORITHMS.md §5.2-5.3)
-    "scalearn": 6e-3, "scalearn_uniform": 6e-3, "scalearn_pp": 6e-3, "scalearn_uniform_pp": 6e-3, "adapterfusion": 5e-5,
-}
+# Stage-2 presets: they attach over source adapters, not to a backbone alone.
+TRANSFER_PRESETS = tuple(name for name, row in PRESETS.items() if row.get("needs_sources"))
 
 
 def default_learning_rate(preset: str | None) -> float:
-    return LEARNING_RATES.get(preset or "", 1e-3)
+    """The preset's learning rate for `unipetl train` (override with --learning-rate). Full fine-tuning
+    needs a small rate; the PETL methods train few, freshly initialised parameters and take larger ones
+    (He et al. §3.5 use 1e-4 over 10 epochs; the short default runs here need more per step)."""
+    return PRESETS[preset]["learning_rate"] if preset in PRESETS else 1e-3
 
 
-def list_presets() -> list[str]:
-    """Names of every preset, in the order of the table above."""
-    return list(PRESETS)
-
-
-def describe_preset(name: str) -> dict[str, Any]:
-    from .config import PetlConfig
-
-    config = PetlConfig.from_preset(name)  # validates the name
-    return {"name": name, "summary": PRESETS[name]["summary"], "source": PRESETS[name]["source"], "config": config.to_dict()}
+def list_presets(transfer: bool = False) -> list[str]:
+    """Names of the presets that attach to a backbone alone, in the order of the table above; with
+    ``transfer``, also the stage-2 presets that attach over source adapters."""
+    return [name for name in PRESETS if transfer or name not in TRANSFER_PRESETS]

@@ -228,7 +228,7 @@ def _family_prototype(file: Path, payload: dict) -> tuple[SharedPart, ...]:
 
 def _transfer_sources(file: Path, payload: dict) -> tuple[SharedPart, ...]:
     """The source adapters a ScaLearn/AdapterFusion run combines, not sized yet (see `price_shared_parts`)."""
-    from .transfer import TRANSFER_METHODS
+    from .config import TRANSFER_METHODS
 
     config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
     sources = config.get("transfer_sources")
@@ -288,7 +288,7 @@ def _metric_names(task: str, metrics: dict) -> list[str]:
 
 def _method_order(methods: set[str]) -> list[str]:
     from .presets import list_presets
-    from .transfer import TRANSFER_METHODS
+    from .config import TRANSFER_METHODS
 
     canonical = ["full", *(p for p in list_presets() if p != "full"), *TRANSFER_METHODS]  # the papers put full first
     rank = {name: i for i, name in enumerate(canonical)}

@@ -49,6 +49,8 @@ class FamilyTable:
     # Model classes whose head reads the last layer at the first position only ([CLS] / <s>, directly or
     # through the pooler): their last layer's FFN need not run elsewhere (first_position.py).
     first_position_heads: tuple[str, ...] = ()
+    # Text-to-text families read a task prefix before the input ("summarize: ", "translate ... : ").
+    task_prefix: bool = False
 
 
 _BERT_LIKE_ATTENTION = (
@@ -104,10 +106,11 @@ FAMILIES: tuple[FamilyTable, ...] = (
                        "layer.2.DenseReluDense.wo", None),
         ),
         pre_layernorm=True,
+        task_prefix=True,
     ),
     FamilyTable(
         family="bart",
-        model_types=("bart", "mbart"),
+        model_types=("bart",),
         stacks=(
             StackTable("encoder", "encoder.layers",
                        (AttentionTable("self", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
@@ -121,7 +124,53 @@ FAMILIES: tuple[FamilyTable, ...] = (
                        ("fc1",), "fc2", "final_layer_norm"),
         ),
     ),
+    FamilyTable(
+        family="mbart",
+        model_types=("mbart",),
+        stacks=(
+            StackTable("encoder", "encoder.layers",
+                       (AttentionTable("self", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                       "self_attn.out_proj"),),
+                       ("fc1",), "fc2", None),
+            StackTable("decoder", "decoder.layers",
+                       (AttentionTable("self", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                       "self_attn.out_proj"),
+                        AttentionTable("cross", "encoder_attn", "encoder_attn.q_proj", "encoder_attn.k_proj",
+                                       "encoder_attn.v_proj", "encoder_attn.out_proj")),
+                       ("fc1",), "fc2", None),
+        ),
+        pre_layernorm=True,  # unlike BART, mBART normalises before each sub-layer (final_layer_norm is the FFN's input LN)
+    ),
 )
+
+
+@dataclass(frozen=True)
+class HeadTable:
+    """What the task head of a transformers model class (known by its name's suffix) reads and returns."""
+
+    suffix: str
+    peft_task_type: str  # PEFT's TaskType for a LoRA module exported with this head
+    has_pooler: bool = True  # extractive-QA models are built without the pooler
+    per_position_outputs: tuple[str, ...] = ()  # outputs with one value per input position
+
+
+HEADS: tuple[HeadTable, ...] = (
+    HeadTable("ForSequenceClassification", "SEQ_CLS"),
+    HeadTable("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
+    HeadTable("ForQuestionAnswering", "QUESTION_ANS", has_pooler=False,
+              per_position_outputs=("start_logits", "end_logits")),
+    HeadTable("ForTokenClassification", "TOKEN_CLS", per_position_outputs=("logits",)),
+)
+OTHER_HEAD = HeadTable("", "FEATURE_EXTRACTION")
+
+
+def head_table_for(architecture: str) -> HeadTable:
+    """The head table of a transformers class name (e.g. 'BertForQuestionAnswering')."""
+    return next((table for table in HEADS if architecture.endswith(table.suffix)), OTHER_HEAD)
+
+
+def head_table(model: nn.Module) -> HeadTable:
+    return head_table_for(type(model).__name__)
 
 
 def supported_model_types() -> list[str]:

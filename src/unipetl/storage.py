@@ -1,107 +1,42 @@
-"""Task modules on disk: one directory with a JSON header and one safetensors file.
+"""Task modules on disk: one directory with a JSON header and one safetensors file (module_format.py).
 
 The header records the format version, the full design config, the backbone fingerprint, the task
 and the size and SHA-256 of the weights file, so that a module for another backbone, a truncated or
 altered file, or an unknown format version is refused before the backbone is touched. Writes go to a
-temporary directory that is renamed into place, so a failed save leaves nothing half-written.
+temporary directory that is renamed into place, so a failed save leaves nothing half-written. A
+transfer module (ScaLearn, AdapterFusion) is loaded over the source modules it records.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+import torch
+from torch import nn
 
+from .atomic import write_directory_atomically
 from .config import PetlConfig
 from .errors import ConfigError, ModuleFormatError
+from .heads import backbone_fingerprint
+from .methods.mixture import SourceAdapter
+from .model import PetlModel, attached_method
+from .module_format import FORMAT, FORMAT_VERSION, HEADER_FILE, SUPPORTED_VERSIONS, WEIGHTS_FILE, serialize
+from .sites import family_for, head_table_for, resolve_sites
 
-FORMAT = "unipetl-task-module"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
-HEADER_FILE = "unipetl_module.json"
-WEIGHTS_FILE = "weights.safetensors"
-
-
-def _library_version() -> str:
-    from . import __version__
-
-    return __version__
-
+__all__ = ["FORMAT", "FORMAT_VERSION", "HEADER_FILE", "WEIGHTS_FILE", "FAMILY_FILE", "PROTOTYPE_FILE", "serialize",
+           "save_module", "read_module", "save_family", "check_backbone", "load_petl_model", "load_source",
+           "sources_for_module", "write_directory_atomically"]
 
 FAMILY_FILE = "unipetl_family.json"
 PROTOTYPE_FILE = "prototype.safetensors"
-PROTOTYPE_PREFIX = "methods.prototype_"
-
-
-def serialize(model, task: dict | None = None, family: dict | None = None) -> tuple[bytes, bytes]:
-    """The exact bytes `save` writes: (header, weights). With ``family`` (the shared prototype file's
-    identity), the prototype tensors are left out: they live once in the family directory."""
-    tensors = model.stored_tensors()
-    if family is not None:
-        tensors = {k: v for k, v in tensors.items() if not k.startswith(PROTOTYPE_PREFIX)}
-    weights = save_safetensors(tensors)
-    config = model.config.to_dict()
-    header: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "library_version": _library_version(),
-        "config": config,
-        "prefix_form": "flat" if config["attn_mode"] == "prefix" else None,
-        "masks": "bits" if config["param_source"] == "masked_prototype" else None,
-        "backbone": {
-            "model_type": model.model.config.model_type,
-            "family": model.sites.family.family,
-            "architecture": type(model.model).__name__,
-            "fingerprint": model.fingerprint,
-            "num_labels": getattr(model.model.config, "num_labels", None),
-        },
-        "task": task,
-        "family_prototype": family,
-        "weights": {"file": WEIGHTS_FILE, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()},
-    }
-    return (json.dumps(header, indent=1, sort_keys=True) + "\n").encode(), weights
 
 
 def save_module(model, directory, task: dict | None = None) -> dict:
-    if model.merged:
-        raise ModuleFormatError("this model was merged into the backbone; save the task module before merge()")
-    header, weights = serialize(model, task)
-    write_directory_atomically(directory, {WEIGHTS_FILE: weights, HEADER_FILE: header}, marker=HEADER_FILE)
-    return json.loads(header)
-
-
-def write_directory_atomically(directory, files: dict[str, bytes], marker: str) -> None:
-    """Write ``files`` into ``directory`` via a temporary sibling directory renamed into place.
-
-    An existing directory is replaced only if it holds ``marker`` (a module we wrote), so a wrong
-    path never deletes a user's files.
-    """
-    directory = Path(directory)
-    if directory.exists() and (not directory.is_dir() or (any(directory.iterdir()) and not (directory / marker).exists())):
-        raise ModuleFormatError(f"{directory} exists and is not a module written by unipetl; refusing to overwrite it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        for name, data in files.items():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_bytes(data)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    return model.save(directory, task)
 
 
 def read_module(directory) -> tuple[dict, dict]:
@@ -160,11 +95,9 @@ def save_family(members: dict, directory) -> dict:
     ``members`` maps task name -> (PetlModel, task metadata); every member must hold the same
     prototype tensors. Each member directory loads alone with `load_petl_model`.
     """
-    import torch
-
     names = list(members)
-    first = members[names[0]][0].stored_tensors()
-    prototype = {k: v for k, v in first.items() if k.startswith(PROTOTYPE_PREFIX)}
+    first = members[names[0]][0]
+    prototype = {k: v for k, v in first.stored_tensors().items() if first.shares(k)}
     if not prototype:
         raise ModuleFormatError("save_family needs a shared prototype (param_source='masked_prototype')")
     for name in names[1:]:
@@ -188,16 +121,13 @@ def save_family(members: dict, directory) -> dict:
 
 def check_backbone(model, header: dict, directory) -> None:
     """Refuse a module trained on another model type or checkpoint, before the backbone is touched."""
-    from .model import backbone_fingerprint
-
     expected = header["backbone"]
     if model.config.model_type != expected.get("model_type"):
         raise ModuleFormatError(
             f"{directory} was trained on a {expected.get('model_type')!r} backbone, got {model.config.model_type!r}")
     if backbone_fingerprint(model) != expected.get("fingerprint"):
         recorded, actual = expected.get("architecture"), type(model).__name__
-        if recorded and recorded != actual and not (recorded.endswith("ForQuestionAnswering")
-                                                    == actual.endswith("ForQuestionAnswering")):
+        if recorded and recorded != actual and head_table_for(recorded).has_pooler != head_table_for(actual).has_pooler:
             # Same checkpoint, other task type: QA models drop the pooler, so the backbones differ.
             raise ModuleFormatError(
                 f"{directory} was trained with a {recorded} and this is a {actual}: extractive-QA models carry no "
@@ -213,9 +143,6 @@ def load_petl_model(model, directory, sources: list | None = None):
 
     A transfer module (ScaLearn, AdapterFusion) also needs its source adapters: ``sources`` (their
     directories, in the recorded order) or, by default, the paths recorded in its header."""
-    from .model import PetlModel, attached_method
-    from .sites import family_for
-
     header, tensors = read_module(directory)
     attached = model.config.preset if isinstance(model, PetlModel) else attached_method(model)
     if attached is not None:
@@ -229,11 +156,8 @@ def load_petl_model(model, directory, sources: list | None = None):
         config = PetlConfig.from_dict(header["config"])
     except (ConfigError, TypeError) as err:
         raise ModuleFormatError(f"{Path(directory) / HEADER_FILE}: invalid config: {err}") from None
-    loaded_sources = None
-    if config.param_source == "scaled_mixture":
-        from .transfer import sources_for_module
-
-        loaded_sources = sources_for_module(model, config, directory, sources)
+    # A transfer module records its frozen sources (names, hashes, paths); other modules record none.
+    loaded_sources = sources_for_module(model, config, directory, sources) if config.transfer_sources else None
     petl = PetlModel(model, config, flat_prefix=header.get("prefix_form") == "flat",
                      frozen_masks=header.get("masks") == "bits", sources=loaded_sources)
     try:
@@ -243,3 +167,54 @@ def load_petl_model(model, directory, sources: list | None = None):
         raise
     petl.task = header.get("task")
     return petl
+
+
+# ----------------------------------------------------------------------- transfer sources
+def load_source(model: nn.Module, directory, name: str | None = None) -> SourceAdapter:
+    """Read a `pfeiffer` task module as a transfer source, refusing other backbones and other methods."""
+    header, tensors = read_module(directory)
+    check_backbone(model, header, directory)
+    config = header["config"]
+    if not (config.get("ffn_mode") == "adapter" and config.get("ffn_option") == "pfeiffer"
+            and config.get("attn_mode") == "none" and config.get("param_source") == "owned"
+            and config.get("ffn_adapter_layernorm_option") == "none"):
+        raise ModuleFormatError(f"{directory}: a transfer source must be a plain Pfeiffer adapter module "
+                                f"(preset 'pfeiffer'); this one is {config.get('preset')!r}")
+    sites = resolve_sites(model)
+    layers = []
+    for layer in sites.layers:
+        prefix = f"methods.{layer.stack}{layer.index}_ffn_adapter.source.params."
+        try:
+            tensors_of_layer = {k: tensors[prefix + k] for k in ("down_weight", "down_bias", "up_weight", "up_bias")}
+        except KeyError as missing:
+            raise ModuleFormatError(f"{directory}: no adapter tensor {missing} for layer {layer.index}") from None
+        scalar = float(config.get("ffn_adapter_scalar", 1.0))
+        if scalar != 1.0:  # fold the adapter's output scale into its up-projection
+            tensors_of_layer["up_weight"] = tensors_of_layer["up_weight"] * scalar
+            tensors_of_layer["up_bias"] = tensors_of_layer["up_bias"] * scalar
+        layers.append(tensors_of_layer)
+    digest = hashlib.sha256((Path(directory) / WEIGHTS_FILE).read_bytes()).hexdigest()
+    task = (header.get("task") or {}).get("name")
+    return SourceAdapter(name or task or Path(directory).name, digest, config.get("adapter_act", "relu"), layers)
+
+
+def sources_for_module(model: nn.Module, config, directory, sources: list | None = None) -> list[SourceAdapter]:
+    """The source adapters a saved transfer module was trained over: ``sources`` (directories, in the
+    recorded order) or the paths recorded in its header. Each must have the recorded content hash."""
+    recorded = list(config.transfer_sources)
+    if sources is not None and len(sources) != len(recorded):
+        raise ModuleFormatError(f"{directory} was trained over {len(recorded)} sources "
+                                f"({', '.join(r['name'] for r in recorded)}); got {len(sources)}")
+    loaded = []
+    for i, record in enumerate(recorded):
+        path = sources[i] if sources is not None else record.get("path")
+        if path is None or not Path(path).is_dir():
+            raise ModuleFormatError(f"{directory}: source {record['name']!r} is missing (expected at {path}); "
+                                    "pass the source directories explicitly")
+        source = load_source(model, path, name=record["name"])
+        if source.sha256 != record["sha256"]:
+            raise ModuleFormatError(f"{directory}: source {record['name']!r} at {path} is not the adapter this module "
+                                    f"was trained over (content hash {source.sha256[:12]}..., recorded "
+                                    f"{record['sha256'][:12]}...)")
+        loaded.append(source)
+    return loaded

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -20,18 +21,21 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
-from transformers.trainer_pt_utils import nested_truncate
 
 from .backbone import Backbone, load_backbone
 from .config import PetlConfig
 from .encoding import collator_for, encode
 from .errors import ConfigError, DataError
+from .atomic import write_json_atomically
 from .model import PetlModel, get_petl_model
 from .options import TrainOptions
 from .presets import default_learning_rate
+from .registry import methods_for
 from .storage import PROTOTYPE_FILE, save_family
 from .taskio import ClassificationIO, MultiLabelIO, TaskIO, is_file_format_task, task_io_for, task_io_from_header
-from .tasks import (compute_metrics, get_task, main_score, make_splits, parse_text_target, record_predictions)
+from .taskio.classification import metrics_function
+from .tasks import get_task, main_score, make_splits
+from .transfer import TRANSFER_METHODS, get_transfer_model
 
 RESULTS_FILE = "results.json"
 MODULE_DIR = "module"
@@ -128,39 +132,6 @@ class PetlTrainer(Seq2SeqTrainer):
 
     def _load_best_model(self):
         self._load_trainable(self.state.best_model_checkpoint)
-
-
-# ----------------------------------------------------------------------- predictions and metrics
-def predictions_from_outputs(outputs, task, mode: str, tokenizer, examples) -> tuple[list, list]:
-    """(predictions, references) in the form `compute_metrics` takes, from raw model outputs."""
-    # Several processes: Seq2SeqTrainer gathers without trimming, so every process's last batch is
-    # padded to full size with repeated examples. The shards interleave whole batches in order, so
-    # the first len(examples) rows are the examples themselves.
-    outputs = nested_truncate(outputs, len(examples))
-    references = [ex.label for ex in examples]
-    if mode == "text_to_text":
-        ids = np.where(outputs == -100, tokenizer.pad_token_id, outputs)
-        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return [parse_text_target(task, t) for t in texts], references
-    logits = outputs[0] if isinstance(outputs, tuple) else outputs
-    if task.kind == "regression":
-        return np.asarray(logits).reshape(-1).tolist(), references
-    if task.name == "record":
-        scores = torch.tensor(logits).softmax(-1)[:, 1].tolist()
-        return record_predictions(examples, scores)
-    return np.asarray(logits).argmax(-1).tolist(), references
-
-
-def metrics_function(task, mode, tokenizer, examples):
-    groups = [ex.group for ex in examples]
-
-    def compute(eval_prediction) -> dict[str, float]:
-        predictions, references = predictions_from_outputs(eval_prediction.predictions, task, mode, tokenizer, examples)
-        metrics = compute_metrics(task, predictions, references, groups=groups)
-        metrics["main_score"] = main_score(task, metrics)
-        return metrics
-
-    return compute
 
 
 def uses_gpu(options: TrainOptions) -> bool:
@@ -262,12 +233,6 @@ def full_model_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def write_json_atomically(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def task_metadata(spec, backbone: Backbone, options: TrainOptions, metrics: dict, **extra) -> dict:
     """What a task module's header records about a registry task, so evaluate/predict can rebuild it."""
     return {**ClassificationIO(spec).header(backbone, options.max_length, metrics), **extra}
@@ -331,17 +296,11 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     directory is created; a run that fails afterwards removes the directory it created. An
     interrupted run keeps its checkpoints: run again with ``resume=True``.
     """
-    from .transfer import TRANSFER_METHODS, get_transfer_model
-
     options = options or TrainOptions()
     options.validate()
-    if method in TRANSFER_METHODS:  # stage 2 over frozen source adapters; the config is built with them
-        if not sources:
-            raise ConfigError(f"{method} combines source adapters: give their task-module directories (--sources)")
-        config = PetlConfig(ffn_mode="adapter", ffn_option="pfeiffer", ffn_bn=1, param_source="scaled_mixture",
-                            mixture=method, preset=method, **(overrides or {}))
-    else:
-        config = PetlConfig.from_preset(method, **(overrides or {}))
+    if method in TRANSFER_METHODS and not sources:  # stage 2: the preset is completed by its source adapters
+        raise ConfigError(f"{method} combines source adapters: give their task-module directories (--sources)")
+    config = PetlConfig.from_preset(method, **(overrides or {}))
     out = Path(output_dir)
     check_output_dir(out, resume, overwrite)
     io = task_io_for(task, data_dir, options.protocol, options.seed, options.max_train_samples,
@@ -351,11 +310,12 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     for name in ("train", "validation", "test"):
         if not splits.get(name):
             raise DataError(f"task {io.name!r}: the {name} split is empty (protocol {options.protocol!r}, data {data_dir})")
-    if resume and config.param_source == "gated_diff":
-        raise ConfigError("--resume is not available for diff pruning (its stages run in one go); start the run again")
+    staged = [cls for cls in methods_for(config) if not cls.resumable]
+    if resume and staged:
+        raise ConfigError(f"--resume is not available for {staged[0].title} (its stages run in one go); start the run again")
     set_seed(options.seed)  # head and method initialisation (adapters, LoRA, mask scores) are part of the seeded run
     backbone = io.load_backbone(model)
-    if config.param_source == "scaled_mixture":
+    if method in TRANSFER_METHODS:
         petl = get_transfer_model(backbone.model, sources, method, fast_cpu_dropout=options.fast_cpu_dropout,
                                   **(overrides or {}))
         config = petl.config
@@ -367,9 +327,9 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     try:
         start = time.perf_counter()
         stage_results = {}
-        if petl.diff is not None:
-            trainer, encoded, stage_results = train_diff_pruning(petl, backbone, io, options, out, learning_rate,
-                                                                 callbacks, log)
+        if len(petl.training_stages()) > 1:
+            trainer, encoded, stage_results = train_in_stages(petl, backbone, io, options, out, learning_rate,
+                                                              callbacks, log)
         else:
             trainer, encoded = build_trainer(petl, backbone, io, options, out, learning_rate)
             for callback in callbacks or []:
@@ -425,36 +385,38 @@ def split_budget(options: TrainOptions, first_fraction: float) -> tuple[TrainOpt
             replace(options, epochs=options.epochs * (1 - first_fraction)))
 
 
-def train_diff_pruning(petl: PetlModel, backbone: Backbone, io: TaskIO, options: TrainOptions, out: Path,
-                       learning_rate: float, callbacks, log) -> tuple[PetlTrainer, dict, dict]:
-    """Diff pruning's three stages in one run (ALGORITHMS.md §4.3), sharing the training budget.
+def train_in_stages(petl: PetlModel, backbone: Backbone, io: TaskIO, options: TrainOptions, out: Path,
+                    learning_rate: float, callbacks, log) -> tuple[PetlTrainer, dict, dict]:
+    """The method's training stages in one run, sharing the training budget (diff pruning: L0 training of
+    the gated diff, projection to its density, then fine-tuning the kept entries with the mask fixed).
 
-    1. L0 training of the gated diff (no checkpoints: the last state feeds the projection, as released);
-    2. projection to the config's diff_density by a global magnitude threshold;
-    3. fine-tuning the kept entries with the mask fixed (evaluated each epoch, best checkpoint kept).
-    """
-    cfg = petl.config
-    l0_options, fixed_options = split_budget(options, cfg.diff_l0_fraction)
-    trainer, encoded = build_trainer(petl, backbone, io, l0_options, out / "l0_stage", learning_rate, select_best=False)
-    if trainer.is_world_process_zero():
-        log(f"{io.name}: diffprune on {backbone.name_or_path} | train {len(io.splits['train'])} | L0 stage: "
-            f"{petl.diff.layout.total:,} gated entries, lr {learning_rate:g} (gates {cfg.gate_learning_rate:g}), "
-            f"lambda {cfg.l0_penalty:g}")
-    trainer.train()
-    with torch.no_grad():
-        expected_l0 = float(petl.diff.expected_l0())
-    projection = petl.project()
-    if trainer.is_world_process_zero():
-        log(f"projection: kept {projection['kept_entries']:,} of {projection['parameters']:,} entries "
-            f"(density {100 * projection['density']:.3f} %, threshold {projection['threshold']:.3g}); "
-            f"expected L0 after stage 1: {expected_l0:,.0f}")
-        log(f"fixed-mask stage: lr {cfg.fixmask_learning_rate:g}")
-    shutil.rmtree(out / "l0_stage", ignore_errors=True)
-    trainer, encoded = build_trainer(petl, backbone, io, fixed_options, out, cfg.fixmask_learning_rate, encoded=encoded)
-    for callback in callbacks or []:
-        trainer.add_callback(callback)
-    trainer.train()
-    return trainer, encoded, {"diff_projection": {**projection, "expected_l0_after_l0_stage": expected_l0}}
+    An earlier stage keeps no checkpoint of its own; the last one is evaluated each epoch and its best
+    checkpoint kept. Returns the last trainer, the encoded splits and what the stages record."""
+    stages = petl.training_stages()
+    if len(stages) != 2:
+        raise ConfigError(f"{len(stages)} training stages: the budget is split between two stages only")
+    budgets = split_budget(options, stages[0].fraction)
+    encoded, records = None, {}
+    for index, (stage, stage_options) in enumerate(zip(stages, budgets)):
+        last = index == len(stages) - 1
+        done = stage.before() if stage.before else None
+        rate = stage.learning_rate or learning_rate
+        folder = out if last else out / f"{stage.name}_stage"
+        trainer, encoded = build_trainer(petl, backbone, io, stage_options, folder, rate,
+                                         select_best=stage.checkpoints and last, encoded=encoded)
+        if trainer.is_world_process_zero():
+            if done is not None and stage.describe:
+                log(stage.describe(done))
+            log(f"{io.name}: {petl.config.preset} on {backbone.name_or_path} | train {len(io.splits['train'])} | "
+                f"{stage.summary or stage.name}, lr {rate:g}")
+        if done is not None and stage.record_as:
+            records[stage.record_as] = done
+        for callback in (callbacks or []) if last else []:
+            trainer.add_callback(callback)
+        trainer.train()
+        if not last:
+            shutil.rmtree(folder, ignore_errors=True)
+    return trainer, encoded, records
 
 
 # ----------------------------------------------------------------------- using a saved module
@@ -530,8 +492,9 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     if len(set(tasks)) < 2:
         raise ConfigError(f"multi-task training needs at least two different tasks, got {tasks}")
     config = PetlConfig.from_preset(method, **(overrides or {}))
-    if config.param_source == "gated_diff":
-        raise ConfigError("diff pruning trains one task at a time (a diff per task); run `unipetl train` per task")
+    single = [cls for cls in methods_for(config) if not cls.multitask]
+    if single:
+        raise ConfigError(f"{single[0].title} trains one task at a time; run `unipetl train` per task")
     for name in tasks:
         if is_file_format_task(name):
             raise ConfigError(f"multi-task training takes GLUE/SuperGLUE tasks; {name!r} has its own task type "
@@ -594,14 +557,15 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
             members[s.name] = (view, task_info)
             per_task[s.name] = {"metrics": metrics, "main_score": main_score(s, metrics),
                                 "head_params": view.report()["head_params"], "test_examples": len(splits[s.name]["test"])}
-        if petl.masked:  # one shared prototype: stored once for the family
+        shares = bool(petl.shared_tensor_names())
+        if shares:  # a part every task shares (ProPETL's prototype): stored once for the family
             save_family(members, out / MODULE_DIR)
         else:
             for name, (view, task_info) in members.items():
                 view.save(out / MODULE_DIR / name, task=task_info)
         for name in per_task:
             per_task[name]["stored_bytes"] = sum(p.stat().st_size for p in (out / MODULE_DIR / name).iterdir())
-        family_bytes = (out / MODULE_DIR / PROTOTYPE_FILE).stat().st_size if petl.masked else None
+        family_bytes = (out / MODULE_DIR / PROTOTYPE_FILE).stat().st_size if shares else None
         results = {
             "tasks": [s.name for s in specs], "task": "+".join(s.name for s in specs), "method": config.preset,
             "model": backbones[0].name_or_path, "multitask": True, "temperature": temperature, "per_task": per_task,
@@ -618,3 +582,15 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
             shutil.rmtree(out, ignore_errors=True)
         raise
     return results
+
+
+def predict_file(module_dir: str, input_path: str, output_path: str | None = None, model: str | None = None) -> list[dict]:
+    petl, backbone, io, info = load_task_module(module_dir, model)
+    examples = io.read_inputs(input_path)
+    predictions = io.predict(petl, backbone, examples, info.get("max_length", 128))
+    text = "".join(json.dumps(p) + "\n" for p in predictions)
+    if output_path:
+        Path(output_path).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return predictions

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+from transformers.trainer_pt_utils import nested_truncate
+
 from ..encoding import collator_for, encode
 from ..errors import DataError
-from ..tasks import TaskSpec, load_custom, main_score
+from ..predict import predict_examples, read_inputs
+from ..tasks import TaskSpec, compute_metrics, load_custom, main_score, parse_text_target, record_predictions
 from .base import TaskIO
 
 
@@ -29,8 +34,6 @@ class ClassificationIO(TaskIO):
         return collator_for(backbone.mode, backbone.tokenizer)
 
     def metrics_function(self, split, backbone):
-        from ..training import metrics_function
-
         return metrics_function(self.spec, backbone.mode, backbone.tokenizer, self.splits[split])
 
     def main_score(self, metrics):
@@ -56,11 +59,39 @@ class ClassificationIO(TaskIO):
         return load_custom(path, list(self.spec.text_fields), self.label_column, self.kind, label_names)[0]
 
     def read_inputs(self, path):
-        from ..predict import read_inputs
-
         return read_inputs(path, self.spec)
 
     def predict(self, petl, backbone, examples, max_length, batch_size=64):
-        from ..predict import predict_examples
-
         return predict_examples(petl, backbone, self.spec, examples, max_length, batch_size)
+
+
+def predictions_from_outputs(outputs, task, mode: str, tokenizer, examples) -> tuple[list, list]:
+    """(predictions, references) in the form `compute_metrics` takes, from raw model outputs."""
+    # Several processes: Seq2SeqTrainer gathers without trimming, so every process's last batch is
+    # padded to full size with repeated examples. The shards interleave whole batches in order, so
+    # the first len(examples) rows are the examples themselves.
+    outputs = nested_truncate(outputs, len(examples))
+    references = [ex.label for ex in examples]
+    if mode == "text_to_text":
+        ids = np.where(outputs == -100, tokenizer.pad_token_id, outputs)
+        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [parse_text_target(task, t) for t in texts], references
+    logits = outputs[0] if isinstance(outputs, tuple) else outputs
+    if task.kind == "regression":
+        return np.asarray(logits).reshape(-1).tolist(), references
+    if task.name == "record":
+        scores = torch.tensor(logits).softmax(-1)[:, 1].tolist()
+        return record_predictions(examples, scores)
+    return np.asarray(logits).argmax(-1).tolist(), references
+
+
+def metrics_function(task, mode, tokenizer, examples):
+    groups = [ex.group for ex in examples]
+
+    def compute(eval_prediction) -> dict[str, float]:
+        predictions, references = predictions_from_outputs(eval_prediction.predictions, task, mode, tokenizer, examples)
+        metrics = compute_metrics(task, predictions, references, groups=groups)
+        metrics["main_score"] = main_score(task, metrics)
+        return metrics
+
+    return compute

@@ -12,6 +12,7 @@ from ..errors import ConfigError, DataError
 from ..tasks.generation import (SUMMARIZATION, GenerationSettings, Seq2SeqExample, get_seq2seq_task, load_seq2seq_hub,
                                 load_summarization, load_translation, parse_direction, seq2seq_features, seq2seq_metrics)
 from ..tasks.textfiles import jsonl_records, need_text
+from ..sites import family_for
 from .base import TaskIO, file_splits, load_backbone_with_head
 
 LABEL_SMOOTHING = 0.1  # ALGORITHMS.md §3.5, both XSum and en-ro
@@ -56,8 +57,8 @@ class Seq2SeqIO(TaskIO):
             model, "AutoModelForSeq2SeqLM", "seq2seq", encoder_decoder=True,
             refusal=f"task {self.name!r} generates text: it needs an encoder-decoder (T5, BART), but "
                     "--model {path!r} is a {model_type} encoder")
-        # T5 was pretrained with task prefixes; BART takes the bare source.
-        self.source_prefix = self._t5_prefix() if backbone.model.config.model_type in ("t5", "mt5") else ""
+        # T5 was pretrained with task prefixes (its site table says so); BART takes the bare source.
+        self.source_prefix = self._t5_prefix() if family_for(backbone.model).task_prefix else ""
         return backbone
 
     def _t5_prefix(self) -> str:
