@@ -94,7 +94,8 @@ def test_a_finished_run_keeps_no_checkpoints_and_evaluate_finds_its_data(tiny_be
     out = tmp_path / "run"
     assert run_cli("train", "--task", "cb", "--method", "lora", "--model", tiny_bert, "--data-dir", GLUE,
                    "--output-dir", out, "--max-steps", 2, "--max-length", 32, "--no-progress") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["module", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["module", "results.json", "unipetl_run.json"]
+    assert json.loads((out / "unipetl_run.json").read_text())["state"] == "finished"
     results = json.loads((out / "results.json").read_text())
     assert results["data_dir"] == str(GLUE.resolve()) and results["test_examples"] == 56
     capsys.readouterr()
@@ -123,7 +124,7 @@ def test_keep_checkpoints_keeps_them(tiny_bert, tmp_path):
     (checkpoint,) = (out / "checkpoints").glob("checkpoint-*")
     # what --resume needs, and no tokenizer or training-arguments copies
     assert sorted(p.name for p in checkpoint.iterdir()) == ["model.safetensors", "optimizer.pt", "rng_state.pth",
-                                                             "scheduler.pt", "trainer_state.json"]
+                                                             "scheduler.pt", "trainer_state.json", "unipetl_elapsed.json"]
 
 
 # 13. a bad name is refused before torch and transformers load

@@ -6,6 +6,8 @@ encoder-decoders (T5, BART) are trained text to text with their LM head.
 
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,15 @@ def load_backbone(name_or_path: str | None, task) -> Backbone:
     else:
         extra = {"problem_type": "regression"} if task.kind == "regression" else {
             "id2label": dict(enumerate(task.label_names)), "label2id": {n: i for i, n in enumerate(task.label_names)}}
-        model, mode = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, **extra), "classify"
+        # A checkpoint fine-tuned with another label count: its head cannot serve this task, so a fresh head
+        # of the task's size replaces it (said on stderr) instead of transformers' size-mismatch error.
+        other_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])) and (
+            config.num_labels != task.num_labels)
+        if other_head:
+            print(f"warning: --model {path!r} has a {config.num_labels}-label classification head; task {task.name!r} "
+                  f"has {task.num_labels}: a new head is trained in its place", file=sys.stderr)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels,
+                                                                   ignore_mismatched_sizes=other_head, **extra)
+        mode = "classify"
     tokenizer = AutoTokenizer.from_pretrained(path)
     return Backbone(model, tokenizer, path, mode)

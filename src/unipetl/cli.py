@@ -80,6 +80,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     custom.add_argument("--label-column", help="your own task: the label column (default 'label'; 'labels' for multi_label)")
     custom.add_argument("--task-kind", default="classification", choices=("classification", "regression", "multi_label"),
                         help="your own task: multi_label reads a list of label names per row (JSONL)")
+    custom.add_argument("--skip-missing-labels", action="store_true",
+                        help="your own task: leave out rows whose label is empty, NaN or null (counted in a warning) "
+                             "instead of refusing the file")
     parser.add_argument("--generate", action="append", default=[], metavar="KEY=VALUE",
                         help="xsum / wmt16: decoding and length settings, e.g. --generate num_beams=1 (repeatable; "
                              "max_source_length, max_target_length, num_beams, min_length, max_length, "
@@ -243,7 +246,7 @@ def _custom_data(args) -> dict | None:
         raise ConfigError("--train-file needs --text-columns (one or two column names, comma-separated)")
     label = args.label_column or ("labels" if args.task_kind == "multi_label" else "label")
     return {**files, "text_columns": args.text_columns.split(","), "label_column": label, "kind": args.task_kind,
-            "name": "custom" if args.task == DEFAULT_TASK else args.task}
+            "name": "custom" if args.task == DEFAULT_TASK else args.task, "skip_missing_labels": args.skip_missing_labels}
 
 
 def _generation(args) -> dict | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +166,10 @@ class PetlConfig:
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
+        for name, value in dataclasses.asdict(self).items():  # NaN passes every range check below
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{name}={value!r} must be a finite number")
         _choice("attn_mode", self.attn_mode, ATTN_MODES)
         _choice("attn_option", self.attn_option, ATTN_OPTIONS)
         _choice("attn_composition", self.attn_composition, ATTN_COMPOSITIONS)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 from .errors import ConfigError
 
@@ -30,6 +31,10 @@ class TrainOptions:
     keep_checkpoints: bool = False  # keep OUTPUT/checkpoints after a successful run (they only serve --resume)
 
     def validate(self) -> None:
+        for field in fields(self):  # NaN passes every comparison below, and inf trains to garbage or crashes
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{field.name.replace('_', '-')}={value} must be a finite number")
         if self.max_steps <= 0 and not self.epochs > 0:
             raise ConfigError(f"--epochs={self.epochs} must be positive (or give --max-steps)")
         for name in ("batch_size", "eval_batch_size", "max_length"):

@@ -9,16 +9,13 @@ import torch
 from .encoding import collator_for, encode
 from .errors import DataError
 from .tasks import Example, build_examples, parse_text_target
-from .tasks.loaders import _jsonl
+from .tasks.textfiles import jsonl_records
 
 
 def read_inputs(path: str, spec) -> list[Example]:
     """Each line: {"text": ..., "text_pair": ...}, {"texts": [...]}, or a row in the task's own layout."""
     path = Path(path)
-    try:
-        rows = list(_jsonl(path))  # the task loaders' JSONL reader: line numbers and JSON errors named
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read the input file: {err}") from None
+    rows = list(jsonl_records(path))  # the task loaders' reader: its line limit, lines named in every error
     examples = []
     for number, row in rows:
         plain_text = "text" in row and spec.kind != "multiple_choice" and spec.name not in ("wic", "wsc", "record", "multirc")

@@ -51,6 +51,9 @@ class FamilyTable:
     first_position_heads: tuple[str, ...] = ()
     # Text-to-text families read a task prefix before the input ("summarize: ", "translate ... : ").
     task_prefix: bool = False
+    # Positions reserved out of config.max_position_embeddings (RoBERTa and MPNet count from the padding
+    # index + 1); None where positions are relative and the input length has no such limit (T5).
+    reserved_positions: int | None = 0
 
 
 _BERT_LIKE_ATTENTION = (
@@ -71,6 +74,7 @@ FAMILIES: tuple[FamilyTable, ...] = (
         model_types=("roberta", "xlm-roberta"),
         stacks=(StackTable("encoder", "encoder.layer", _BERT_LIKE_ATTENTION, ("intermediate.dense",), "output.dense",
                            "output.LayerNorm", "attention"),),
+        reserved_positions=2,
         first_position_heads=("RobertaForSequenceClassification", "RobertaForMultipleChoice",
                               "XLMRobertaForSequenceClassification", "XLMRobertaForMultipleChoice"),
     ),
@@ -83,6 +87,7 @@ FAMILIES: tuple[FamilyTable, ...] = (
                             "attention.attn.o"),),
             ("intermediate.dense",), "output.dense", "output.LayerNorm", "attention"),),
         manual_attention=True,
+        reserved_positions=2,
         first_position_heads=("MPNetForSequenceClassification", "MPNetForMultipleChoice"),
     ),
     FamilyTable(
@@ -107,6 +112,7 @@ FAMILIES: tuple[FamilyTable, ...] = (
         ),
         pre_layernorm=True,
         task_prefix=True,
+        reserved_positions=None,
     ),
     FamilyTable(
         family="bart",
@@ -162,6 +168,15 @@ HEADS: tuple[HeadTable, ...] = (
     HeadTable("ForTokenClassification", "TOKEN_CLS", per_position_outputs=("logits",)),
 )
 OTHER_HEAD = HeadTable("", "FEATURE_EXTRACTION")
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest input the backbone's position embeddings take (None: no limit, relative positions)."""
+    family = family_for(model)
+    total = getattr(model.config, "max_position_embeddings", None)
+    if family.reserved_positions is None or total is None:
+        return None
+    return int(total) - family.reserved_positions
 
 
 def head_table_for(architecture: str) -> HeadTable:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -31,15 +30,15 @@ from .model import PetlModel, get_petl_model
 from .options import TrainOptions
 from .presets import default_learning_rate
 from .registry import methods_for
+from .sites import max_positions
+from .runfolder import (CHECKPOINT_DIR, ELAPSED_FILE, MODULE_DIR, RESULTS_FILE, RunFolder, check_output_dir,
+                        elapsed_seconds, latest_complete_checkpoint, run_arguments)
 from .storage import PROTOTYPE_FILE, save_family
 from .taskio import ClassificationIO, MultiLabelIO, TaskIO, is_file_format_task, task_io_for, task_io_from_header
 from .taskio.classification import metrics_function
 from .tasks import get_task, main_score, make_splits
 from .transfer import TRANSFER_METHODS, get_transfer_model
 
-RESULTS_FILE = "results.json"
-MODULE_DIR = "module"
-CHECKPOINT_DIR = "checkpoints"
 
 
 class PetlTrainer(Seq2SeqTrainer):
@@ -99,6 +98,11 @@ class PetlTrainer(Seq2SeqTrainer):
                 loss = loss + extra
         return (loss, outputs) if return_outputs else loss
 
+    seconds_before, started = 0.0, None  # training seconds of earlier processes (resume), this one's start
+
+    def train_seconds(self) -> float:
+        return self.seconds_before + (time.perf_counter() - self.started if self.started is not None else 0.0)
+
     def _save(self, output_dir=None, state_dict=None):
         # A checkpoint holds what --resume needs beside the Trainer's optimizer, scheduler and RNG state: the
         # trainable tensors. Not the frozen backbone (the same in every one), not the tokenizer.
@@ -112,12 +116,17 @@ class PetlTrainer(Seq2SeqTrainer):
         petl = self.accelerator.unwrap_model(self.model)
         state_dict = {n: p.detach().cpu().contiguous() for n, p in petl.named_parameters() if p.requires_grad}
         save_file(state_dict, str(output_dir / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+        (output_dir / ELAPSED_FILE).write_text(json.dumps({"train_seconds": self.train_seconds()}) + "\n")
 
     def _load_trainable(self, checkpoint_dir: str) -> None:
         from safetensors.torch import load_file
         from transformers.utils import SAFE_WEIGHTS_NAME
 
-        state = load_file(str(Path(checkpoint_dir) / SAFE_WEIGHTS_NAME))
+        try:
+            state = load_file(str(Path(checkpoint_dir) / SAFE_WEIGHTS_NAME))
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types for a damaged file
+            raise DataError(f"checkpoint {checkpoint_dir} is damaged ({err}); resume from an earlier one by "
+                            "removing it, or start again with --overwrite") from None
         params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
         missing = [n for n, p in params.items() if p.requires_grad and n not in state]
         unknown = [n for n in state if n not in params]
@@ -247,36 +256,30 @@ def device_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
-def owns_output_dir() -> bool:
-    """False in all but the first of several launched processes (torchrun and accelerate set RANK).
-
-    Only the first process checks, creates and cleans up the output directory: the others would race it."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    if owns_output_dir() and out.exists() and not resume and not overwrite and any(out.iterdir()):
-        raise ConfigError(f"output directory {out} is not empty; pass --overwrite to replace it or --resume to continue")
-    if resume and (out / RESULTS_FILE).exists() and not any((out / CHECKPOINT_DIR).glob("checkpoint-*")):
-        raise ConfigError(f"the run in {out} has finished ({out / RESULTS_FILE}); there is nothing to resume")
-
-
 def remove_checkpoints(out: Path, options: TrainOptions) -> None:
     """After a successful run the checkpoints only take space (optimizer state): they serve --resume alone."""
     if not options.keep_checkpoints:
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
 
 
-def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> bool:
-    """Create (or, with overwrite, replace) the output directory; True when this run created it."""
-    if not owns_output_dir():
-        return False
-    created = not out.exists()
-    if overwrite and out.exists() and not resume:
-        shutil.rmtree(out)
-        created = True
-    out.mkdir(parents=True, exist_ok=True)
-    return created
+def resume_and_train(trainer: "PetlTrainer", work: Path, resume: bool, log) -> float:
+    """Train, from the newest complete checkpoint with ``resume``; returns the run's training seconds in
+    total (those recorded up to that checkpoint plus this process's)."""
+    checkpoint = latest_complete_checkpoint(work / CHECKPOINT_DIR, log) if resume else None
+    if checkpoint is not None and trainer.is_world_process_zero():
+        log(f"--resume: continuing from {checkpoint.name}")
+    trainer.seconds_before = elapsed_seconds(checkpoint)
+    trainer.started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    return trainer.train_seconds()
+
+
+def check_max_length(model, max_length: int, io: TaskIO) -> None:
+    """Refuse --max-length beyond the positions the backbone has, before a long input crashes the run."""
+    limit = max_positions(model)
+    if limit is not None and io.kind != "seq2seq" and max_length > limit:
+        raise ConfigError(f"--max-length {max_length} is more than this {model.config.model_type} backbone's "
+                          f"{limit} positions; give --max-length {limit} or less")
 
 
 # ----------------------------------------------------------------------- the whole run
@@ -302,7 +305,10 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
         raise ConfigError(f"{method} combines source adapters: give their task-module directories (--sources)")
     config = PetlConfig.from_preset(method, **(overrides or {}))
     out = Path(output_dir)
-    check_output_dir(out, resume, overwrite)
+    arguments = run_arguments(task=task, method=method, model=model, data_dir=data_dir, options=asdict(options),
+                              overrides=overrides or {}, custom=custom, sources=sources, generation=generation,
+                              doc_stride=doc_stride)
+    check_output_dir(out, resume, overwrite, arguments)
     io = task_io_for(task, data_dir, options.protocol, options.seed, options.max_train_samples,
                      options.max_validation_samples, custom, generation, doc_stride)
     options = with_task_defaults(options, io)
@@ -322,16 +328,18 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     else:
         petl = get_petl_model(backbone.model, config, fast_cpu_dropout=options.fast_cpu_dropout)
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
+    check_max_length(backbone.model, options.max_length, io)
 
-    created = prepare_output_dir(out, resume, overwrite)
-    try:
-        start = time.perf_counter()
+    with RunFolder(out, resume, overwrite, arguments) as run:
+        work = run.work
         stage_results = {}
-        if len(petl.training_stages()) > 1:
-            trainer, encoded, stage_results = train_in_stages(petl, backbone, io, options, out, learning_rate,
+        if len(petl.training_stages()) > 1:  # not resumable: the stages run in one go
+            start = time.perf_counter()
+            trainer, encoded, stage_results = train_in_stages(petl, backbone, io, options, work, learning_rate,
                                                               callbacks, log)
+            train_seconds = time.perf_counter() - start
         else:
-            trainer, encoded = build_trainer(petl, backbone, io, options, out, learning_rate)
+            trainer, encoded = build_trainer(petl, backbone, io, options, work, learning_rate)
             for callback in callbacks or []:
                 trainer.add_callback(callback)
             report = petl.report()
@@ -339,9 +347,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
                 log(f"{io.name}: {config.preset} on {backbone.name_or_path} | train {len(splits['train'])}, "
                     f"validation {len(splits['validation'])}, test {len(splits['test'])} | "
                     f"trainable {report['trainable_params']:,} (+ head {report['head_params']:,}) | lr {learning_rate:g}")
-            checkpoint = resume and any((out / CHECKPOINT_DIR).glob("checkpoint-*"))
-            trainer.train(resume_from_checkpoint=True if checkpoint else None)
-        train_seconds = time.perf_counter() - start
+            train_seconds = resume_and_train(trainer, work, resume, log)
         metrics = evaluate_split(trainer, encoded["test"], io, backbone, "test")
         extra_tests = {name: evaluate_split(trainer, encoded[name], io, backbone, name)
                        for name in splits if name.startswith("test_")}
@@ -352,7 +358,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
         task_info = {**io.header(backbone, options.max_length, metrics), **data_record(data_dir)}
         if not trainer.is_world_process_zero():  # several processes (torchrun / accelerate): one writes
             return {"task": io.name, "metrics": metrics, "main_process": False}
-        petl.save(out / MODULE_DIR, task=task_info)
+        petl.save(work / MODULE_DIR, task=task_info)
         report = petl.report()
         results = {
             "task": io.name, "task_kind": io.kind, "method": config.preset, "model": backbone.name_or_path,
@@ -365,12 +371,9 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             "learning_rate": learning_rate, "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
             "device": device_name(), **data_record(data_dir), **stage_results,
         }
-        write_json_atomically(out / RESULTS_FILE, results)
-        remove_checkpoints(out, options)
-    except Exception:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        write_json_atomically(work / RESULTS_FILE, results)
+        remove_checkpoints(work, options)
+        run.commit()
     return results
 
 
@@ -501,7 +504,9 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
                               "(train it alone with `unipetl train`)")
     specs = [get_task(t) for t in tasks]
     out = Path(output_dir)
-    check_output_dir(out, resume, overwrite)
+    arguments = run_arguments(tasks=list(tasks), method=method, model=model, data_dir=data_dir, options=asdict(options),
+                              overrides=overrides or {}, temperature=temperature)
+    check_output_dir(out, resume, overwrite, arguments)
     splits = {s.name: make_splits(s, data_dir, options.protocol, options.seed, options.max_train_samples,
                                   options.max_validation_samples) for s in specs}
     for name, task_splits in splits.items():
@@ -518,12 +523,12 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     joint = MultiTaskModel(petl, [s.name for s in specs], [b.model for b in backbones])
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
 
-    created = prepare_output_dir(out, resume, overwrite)
-    try:
+    with RunFolder(out, resume, overwrite, arguments) as run:
+        work = run.work
         encoded = {s.name: {part: encode(ex, s, b.tokenizer, b.mode, options.max_length) for part, ex in splits[s.name].items()}
                    for s, b in zip(specs, backbones)}
         train_sets = [encoded[s.name]["train"] for s in specs]
-        args = training_arguments(options, out, learning_rate, sum(len(d) for d in train_sets),
+        args = training_arguments(options, work, learning_rate, sum(len(d) for d in train_sets),
                                   ClassificationIO(specs[0]).trainer_arguments(backbones[0]))
         # eval_dataset only satisfies the Trainer's check: evaluate() scores every task (task_evals).
         trainer = PetlTrainer(model=joint, args=args, train_dataset=concat_tagged(train_sets),
@@ -536,10 +541,7 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
         if trainer.is_world_process_zero():
             log(f"multi-task {', '.join(s.name for s in specs)}: {config.preset}, temperature {temperature}, "
                 f"train sizes {[len(d) for d in train_sets]}, lr {learning_rate:g}")
-        start = time.perf_counter()
-        checkpoint = resume and any((out / CHECKPOINT_DIR).glob("checkpoint-*"))
-        trainer.train(resume_from_checkpoint=True if checkpoint else None)
-        train_seconds = time.perf_counter() - start
+        train_seconds = resume_and_train(trainer, work, resume, log)
         test_metrics = {}
         for i, (s, b) in enumerate(zip(specs, backbones)):  # every process takes part in prediction
             petl.set_task(s.name)
@@ -559,13 +561,13 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
                                 "head_params": view.report()["head_params"], "test_examples": len(splits[s.name]["test"])}
         shares = bool(petl.shared_tensor_names())
         if shares:  # a part every task shares (ProPETL's prototype): stored once for the family
-            save_family(members, out / MODULE_DIR)
+            save_family(members, work / MODULE_DIR)
         else:
             for name, (view, task_info) in members.items():
-                view.save(out / MODULE_DIR / name, task=task_info)
+                view.save(work / MODULE_DIR / name, task=task_info)
         for name in per_task:
-            per_task[name]["stored_bytes"] = sum(p.stat().st_size for p in (out / MODULE_DIR / name).iterdir())
-        family_bytes = (out / MODULE_DIR / PROTOTYPE_FILE).stat().st_size if shares else None
+            per_task[name]["stored_bytes"] = sum(p.stat().st_size for p in (work / MODULE_DIR / name).iterdir())
+        family_bytes = (work / MODULE_DIR / PROTOTYPE_FILE).stat().st_size if shares else None
         results = {
             "tasks": [s.name for s in specs], "task": "+".join(s.name for s in specs), "method": config.preset,
             "model": backbones[0].name_or_path, "multitask": True, "temperature": temperature, "per_task": per_task,
@@ -575,12 +577,9 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
             "learning_rate": learning_rate, "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
             "device": device_name(), **data_record(data_dir),
         }
-        write_json_atomically(out / RESULTS_FILE, results)
-        remove_checkpoints(out, options)
-    except Exception:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        write_json_atomically(work / RESULTS_FILE, results)
+        remove_checkpoints(work, options)
+        run.commit()
     return results
 
 

@@ -23,7 +23,8 @@ def task_io_for(task: str, data_dir=None, protocol: str = "dev_as_test", seed: i
     task: a registry name (GLUE, SuperGLUE, polarity), ``squad``, or a seq2seq task (xsum,
     wmt16_en_ro, wmt16_ro_en). custom: the user's files, {train_file, validation_file, test_file}
     plus, for their own classification / regression / multi-label task, {text_columns,
-    label_column, kind, name}. Without files, squad and the seq2seq tasks come from the hub.
+    label_column, kind, name} and optionally skip_missing_labels (see `load_custom`). Without
+    files, squad and the seq2seq tasks come from the hub.
     """
     name = str(task).lower()
     if generation and name not in SEQ2SEQ_TASKS:
@@ -53,7 +54,8 @@ def task_io_for(task: str, data_dir=None, protocol: str = "dev_as_test", seed: i
             raise ConfigError(f"--task-kind {kind!r}; allowed: {', '.join(CUSTOM_KINDS)}")
         if kind == "multi_label":
             io = load_multilabel_splits(custom.get("name", "custom"), custom["train_file"], custom.get("validation_file"),
-                                        custom.get("test_file"), custom["text_columns"], custom["label_column"], seed)
+                                        custom.get("test_file"), custom["text_columns"], custom["label_column"], seed,
+                                        custom.get("skip_missing_labels", False))
             io.splits = cap_splits(io.splits, max_train_samples, max_validation_samples, seed)
             return io
         spec, splits = custom_splits(**custom, seed=seed)

@@ -97,14 +97,17 @@ class MultiLabelIO(TaskIO):
         return out
 
 
-def load_multilabel_splits(name: str, train_file, validation_file, test_file, text_fields, label_field, seed: int):
+def load_multilabel_splits(name: str, train_file, validation_file, test_file, text_fields, label_field, seed: int,
+                           skip_missing_labels: bool = False):
     """(MultiLabelIO with its splits): the label set is the training file's; other files must stay inside it."""
     if not train_file:
         raise DataError(f"multi-label task {name!r}: give its data with --train-file (JSONL)")
-    train, label_names = load_multilabel(train_file, text_fields, label_field)
+    train, label_names = load_multilabel(train_file, text_fields, label_field, skip_missing_labels=skip_missing_labels)
 
     def load(path, training):
-        return train if path == train_file else load_multilabel(path, text_fields, label_field, label_names)[0]
+        if path == train_file:
+            return train
+        return load_multilabel(path, text_fields, label_field, label_names, skip_missing_labels)[0]
 
     splits = file_splits(load, train_file, validation_file, test_file, seed)
     return MultiLabelIO(name, label_names, text_fields, label_field, splits)

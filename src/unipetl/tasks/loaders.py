@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, Iterator
 from ..errors import DataError
 from ..hub import load_hub_split
 from .formulations import build_examples, label_id
+from .linefiles import csv_records, text_lines
 from .polarity import load_polarity, local_polarity_file
 from .registry import Example, TaskSpec, get_task
 
@@ -55,8 +57,8 @@ def reading(path: Path):
     """Turn low-level read failures inside the block into DataErrors naming the file."""
     try:
         yield
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except UnicodeDecodeError as exc:  # the line readers name the line (linefiles.decode); this is a backstop
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV/TSV ({exc})") from None
     except OSError as exc:
@@ -93,49 +95,46 @@ def _local_rows(spec: TaskSpec, path: Path) -> list[dict]:
 
 def _tsv_rows(spec: TaskSpec, path: Path) -> Iterator[dict]:
     columns = _TSV_COLUMNS[spec.name]
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        # The GLUE files are unquoted; quote characters are part of the text.
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        positions = dict(columns)
-        if any(isinstance(c, str) for c in columns.values()):
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: empty file (expected a header line)")
-            for field, col in columns.items():
-                if col not in header:
-                    raise DataError(f"{path}: line 1: missing column {col!r} (header has {header})")
-                positions[field] = header.index(col)
-        label_col = columns["label"]
-        label_field = label_col if isinstance(label_col, str) else f"column {label_col + 1}"
-        skipped: list[int] = []
-        for n, row in enumerate(reader):
-            line = reader.line_num
-            if not row:
-                continue
-            if any(p >= len(row) for p in positions.values()) or not row[positions["label"]]:
-                # A few rows of the GLUE downloads are truncated; HF's loader drops them too.
-                skipped.append(line)
-                continue
-            out: dict[str, Any] = {f: row[p] for f, p in positions.items() if f != "label"}
-            out["label"] = label_id(spec, row[positions["label"]], f"{path}: line {line}", label_field)
-            out["idx"] = n
-            yield out
+    # The GLUE files are unquoted; quote characters are part of the text.
+    records = csv_records(path, delimiter="\t", quoting=csv.QUOTE_NONE)
+    positions = dict(columns)
+    if any(isinstance(c, str) for c in columns.values()):
+        _, header = next(records, (0, None))
+        if header is None:
+            raise DataError(f"{path}: empty file (expected a header line)")
+        for field, col in columns.items():
+            if col not in header:
+                raise DataError(f"{path}: line 1: missing column {col!r} (header has {header})")
+            positions[field] = header.index(col)
+    label_col = columns["label"]
+    label_field = label_col if isinstance(label_col, str) else f"column {label_col + 1}"
+    skipped: list[int] = []
+    for n, (line, row) in enumerate(records):
+        if not row:
+            continue
+        if any(p >= len(row) for p in positions.values()) or not row[positions["label"]]:
+            # A few rows of the GLUE downloads are truncated; HF's loader drops them too.
+            skipped.append(line)
+            continue
+        out: dict[str, Any] = {f: row[p] for f, p in positions.items() if f != "label"}
+        out["label"] = label_id(spec, row[positions["label"]], f"{path}: line {line}", label_field)
+        out["idx"] = n
+        yield out
     if skipped:
         warnings.warn(f"{path}: skipped {len(skipped)} truncated row(s), first at line {skipped[0]}", stacklevel=3)
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {line_no}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {line_no}: expected a JSON object, got {type(row).__name__}")
-            yield line_no, row
+    for line_no, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:  # JSONDecodeError, or an integer of 4300+ digits
+            raise DataError(f"{path}: line {line_no}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {line_no}: expected a JSON object, got {type(row).__name__}")
+        yield line_no, row
 
 
 def _need(row: dict, key: str, where: str) -> Any:
@@ -211,11 +210,14 @@ def load_custom(
     label_column: str,
     kind: str = "classification",
     label_names: list[str] | tuple[str, ...] | None = None,
+    skip_missing_labels: bool = False,
 ) -> tuple[list[Example], tuple[str, ...]]:
     """Examples from a CSV/TSV (with a header) or JSONL file, and the label names used.
 
-    Classification labels are read as strings; label ids follow `label_names` if given (an unknown
-    label is an error), else the sorted set of labels found. Regression targets must be numbers.
+    Classification labels are names (see `label_name`: 0, 0.0, "0" and "0.0" are all "0"); label
+    ids follow `label_names` if given (an unknown label is an error), else the sorted set of labels
+    found. Regression targets must be finite numbers. A row without a label (empty cell, NaN, null,
+    None, no key) is an error, or with skip_missing_labels is left out with a warning that counts them.
     """
     path = Path(path)
     if kind not in ("classification", "regression"):
@@ -225,59 +227,119 @@ def load_custom(
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     with reading(path):
-        rows = list(_custom_rows(path, [*text_columns, label_column]))
+        rows = list(_custom_rows(path, list(text_columns), label_column))
     if not rows:
         raise DataError(f"{path}: no data rows")
+
+    labelled, skipped = [], []
+    for line, row in rows:
+        where = f"{path}: line {line}: field {label_column!r}"
+        raw = row.get(label_column)
+        if is_missing_label(raw):
+            if not skip_missing_labels:
+                raise DataError(f"{where}: missing label {raw!r}; expected a label in every row "
+                                "(--skip-missing-labels, or skip_missing_labels=True, leaves such rows out)")
+            skipped.append(line)
+            continue
+        labelled.append((line, row, _number(raw, where) if kind == "regression" else label_name(raw, where)))
+    if skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} row(s) without a label in {label_column!r}, "
+                      f"first at line {skipped[0]}", stacklevel=2)
+    if not labelled:
+        raise DataError(f"{path}: no rows with a label in {label_column!r}")
 
     if kind == "regression":
         names: tuple[str, ...] = ()
     elif label_names is not None:
         names = tuple(str(n) for n in label_names)
     else:
-        names = tuple(sorted({str(r[label_column]) for _, r in rows}))
+        names = tuple(sorted({value for _, _, value in labelled}))
+    index = label_index(names)
 
     examples = []
-    for line, row in rows:
-        where = f"{path}: line {line}: field {label_column!r}"
-        raw = row[label_column]
+    for line, row, value in labelled:
         if kind == "regression":
-            label = _number(raw, where)
+            label = value
+        elif value in index:
+            label = index[value]
         else:
-            if str(raw) not in names:
-                raise DataError(f"{where}: unknown label {raw!r}; expected one of {list(names)}")
-            label = names.index(str(raw))
+            raise DataError(f"{path}: line {line}: field {label_column!r}: unknown label {row[label_column]!r}; "
+                            f"expected one of {list(names)}")
         examples.append(Example(tuple(str(row[c]) for c in text_columns), label, meta={"line": line}))
     return examples, names
+
+
+# Cells that mean "no value" as pandas, numpy and JSON writers spell them; compared stripped, lower-case.
+MISSING_LABELS = frozenset({"", "nan", "null", "none"})
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def is_missing_label(value: Any) -> bool:
+    """None, a float NaN, or a string that writers use for an empty cell."""
+    if isinstance(value, float):
+        return math.isnan(value)
+    return value is None or (isinstance(value, str) and value.strip().lower() in MISSING_LABELS)
+
+
+def label_name(value: Any, where: str) -> str:
+    """A class label as one name: a number has one spelling whether read as a number or as text
+    (0, 0.0, "0", " 0.0" -> "0"; 1.50 -> "1.5"), so a file never splits one class in two."""
+    if not isinstance(value, (str, int, float)):
+        raise DataError(f"{where}: label {value!r} is not a name (a string or number)")
+    text = str(value).strip()  # JSON true / false stay the names "True" / "False"
+    if _INTEGER.fullmatch(text):
+        return str(int(text)) if len(text) < 1000 else text  # exact for long ids; int() refuses 4300+ digits
+    if not _DECIMAL.fullmatch(text) and not isinstance(value, float):
+        return text
+    number = float(text)
+    if not math.isfinite(number):
+        raise DataError(f"{where}: label {value!r} is not a finite number")
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def label_index(names) -> dict[str, int]:
+    """{label name: id} for names given as the label set, a number in any spelling matching its id."""
+    index: dict[str, int] = {}
+    for i, name in enumerate(names):
+        index.setdefault(label_name(name, f"label names {list(names)}"), i)
+    return index
 
 
 def _number(raw: Any, where: str) -> float:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise DataError(f"{where}: expected a number for a regression target, got {raw!r}") from None
+        value = None
+    if value is None or isinstance(raw, bool):  # float(True) is 1.0, but true is no score
+        raise DataError(f"{where}: expected a number for a regression target, got {raw!r}")
     if not math.isfinite(value):
         raise DataError(f"{where}: expected a finite number, got {raw!r}")
     return value
 
 
-def _custom_rows(path: Path, needed: list[str]) -> Iterator[tuple[int, dict]]:
+def _custom_rows(path: Path, text_columns: list[str], label_column: str) -> Iterator[tuple[int, dict]]:
+    # The label may be absent here (a missing label): load_custom refuses or skips the row.
     if path.suffix.lower() in (".jsonl", ".json"):
         for line, row in _jsonl(path):
-            for col in needed:
+            for col in text_columns:
                 _need(row, col, f"{path}: line {line}")
             yield line, row
         return
     if path.suffix.lower() not in (".csv", ".tsv"):
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .csv, .tsv or .jsonl")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        if reader.fieldnames is None:
-            raise DataError(f"{path}: empty file (expected a header line)")
-        for col in needed:
-            if col not in reader.fieldnames:
-                raise DataError(f"{path}: line 1: missing column {col!r} (header has {reader.fieldnames})")
-        for row in reader:
-            for col in needed:
-                if row[col] is None:
-                    raise DataError(f"{path}: line {reader.line_num}: field {col!r} is missing (row too short)")
-            yield reader.line_num, row
+    records = csv_records(path, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    _, header = next(records, (0, None))
+    if header is None:
+        raise DataError(f"{path}: empty file (expected a header line)")
+    for col in [*text_columns, label_column]:
+        if col not in header:
+            raise DataError(f"{path}: line 1: missing column {col!r} (header has {header})")
+    for line, cells in records:
+        if not cells:
+            continue  # a blank line, as csv.DictReader skips it
+        row = dict(zip(header, cells))  # a repeated column name keeps its last cell, as DictReader does
+        for col in [*text_columns, label_column]:
+            if col not in row:
+                raise DataError(f"{path}: line {line}: field {col!r} is missing (row too short)")
+        yield line, row

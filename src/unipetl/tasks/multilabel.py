@@ -13,7 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import warnings
+
 from ..errors import DataError
+from .loaders import is_missing_label, label_index, label_name
 from .textfiles import jsonl_records, need, need_text
 
 
@@ -26,28 +29,36 @@ class MultiLabelExample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def load_multilabel(path, text_fields: Sequence[str], label_field: str,
-                    label_names: Sequence[str] | None = None) -> tuple[list[MultiLabelExample], tuple[str, ...]]:
+def load_multilabel(path, text_fields: Sequence[str], label_field: str, label_names: Sequence[str] | None = None,
+                    skip_missing_labels: bool = False) -> tuple[list[MultiLabelExample], tuple[str, ...]]:
     """Examples of a JSONL file and the label names their ids index.
 
     Without label_names the label set is the sorted set of labels in this file (use it for the
     training file and pass the result on for the other splits); with label_names, a label outside
-    them is an error.
+    them is an error. Labels are names as in `load_custom` (0, 0.0 and "0" are "0"). A row whose
+    label field is absent (no key, null, NaN, "") is an error, or with skip_missing_labels is left
+    out with a warning that counts them; [] is a row with no labels.
     """
     if not text_fields or len(text_fields) > 2:
         raise DataError(f"{path}: text_fields must name 1 or 2 fields, got {list(text_fields)}")
     if not str(path).lower().endswith((".jsonl", ".json")):
         raise DataError(f"{path}: unsupported file type; expected .jsonl (one JSON object a line)")
-    rows = []
+    rows, skipped = [], []
     for line, row in jsonl_records(path):
         where = f"{path}: line {line}"
         texts = tuple(need_text(row, name, where) for name in text_fields)
+        if skip_missing_labels and is_missing_label(row.get(label_field)):
+            skipped.append(line)
+            continue
         rows.append((line, texts, _label_list(need(row, label_field, where), f"{where}: field {label_field!r}")))
+    if skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} row(s) without a label list in {label_field!r}, "
+                      f"first at line {skipped[0]}", stacklevel=2)
     if not rows:
         raise DataError(f"{path}: no data rows")
 
     names = _label_set(path, label_names, rows)
-    index = {name: i for i, name in enumerate(names)}
+    index = label_index(names)
     examples = []
     for line, texts, labels in rows:
         for label in labels:
@@ -63,10 +74,10 @@ def _label_list(value: Any, where: str) -> list[str]:
         raise DataError(f"{where}: expected a list of label names, got {type(value).__name__} {value!r}")
     labels = []
     for label in value:
-        # JSON numbers are accepted as names ("3"); anything else is a malformed file.
-        if isinstance(label, bool) or not isinstance(label, (str, int)):
-            raise DataError(f"{where}: label {label!r} is not a name (a string)")
-        labels.append(str(label))
+        # An empty name is a writer's placeholder, not a class; numbers are names in one spelling ("3").
+        if is_missing_label(label):
+            raise DataError(f"{where}: missing label {label!r} in the list; expected label names")
+        labels.append(label_name(label, where))
     return labels
 
 

@@ -1,7 +1,7 @@
 """Reading users' JSON / JSONL / TSV files so that every failure is a DataError naming the file and line.
 
-Shared by the QA, generation and multi-label loaders. Line-level JSONL parsing is the one the
-GLUE loaders use (loaders.py), so messages read the same everywhere.
+Shared by the QA, generation and multi-label loaders and `unipetl predict`. Line-level reading is the
+one the GLUE loaders use (loaders.py, linefiles.py), so messages and limits are the same everywhere.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DataError
+from .linefiles import csv_records, decode
 from .loaders import _jsonl, _need, reading
 
 
@@ -33,11 +34,11 @@ def json_document(path) -> Any:
     """The one JSON value a .json file holds."""
     path = existing_file(path)
     with reading(path):
-        with open(path, encoding="utf-8-sig") as f:
-            try:
-                return json.load(f)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        text = decode(path, path.read_bytes())  # one document (SQuAD's is one 30 MB line): no line limit
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
 
 
 def tsv_records(path, quoted: bool) -> Iterator[tuple[int, list[str]]]:
@@ -49,12 +50,9 @@ def tsv_records(path, quoted: bool) -> Iterator[tuple[int, list[str]]]:
     """
     path = existing_file(path)
     with reading(path):
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
-            for row in reader:
-                if row and any(cell.strip() for cell in row):
-                    # line_num is the reader's line after the row, which is the row's last line.
-                    yield reader.line_num, row
+        for line, row in csv_records(path, delimiter="\t", quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE):
+            if row and any(cell.strip() for cell in row):
+                yield line, row
 
 
 def need(row: dict, key: str, where: str) -> Any:
