@@ -14,7 +14,6 @@ Only the first of several launched processes (torchrun) checks, locks, creates a
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -22,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): runs into one folder are not locked against each other
+    fcntl = None
 
 RUN_FILE = "unipetl_run.json"
 RESULTS_FILE = "results.json"
@@ -163,6 +167,8 @@ class FolderLock:
         self.out, self.path, self.handle = out, out.with_name(f".{out.name}.lock"), None
 
     def acquire(self) -> None:
+        if fcntl is None:
+            return
         handle = open(self.path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
