@@ -22,6 +22,8 @@ import torch
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
 from .backbone import Backbone, load_backbone
+from .collapse import KINDS as COLLAPSE_KINDS
+from .collapse import CollapseWatch
 from .config import PetlConfig
 from .encoding import collator_for, encode
 from .errors import ConfigError, DataError
@@ -201,6 +203,10 @@ def build_trainer(petl: PetlModel, backbone: Backbone, io: TaskIO, options: Trai
                           data_collator=io.collator(backbone), compute_metrics=io.metrics_function("validation", backbone),
                           callbacks=callbacks)
     trainer.generation_kwargs = io.generation_kwargs()
+    trainer.collapse_watch = None
+    if io.kind in COLLAPSE_KINDS and backbone.mode != "text_to_text":  # a head of scores or values
+        trainer.collapse_watch = CollapseWatch(io.kind, io.name)
+        trainer.compute_metrics = trainer.collapse_watch.wrap(trainer.compute_metrics)
     return trainer, encoded
 
 
@@ -370,6 +376,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             "validation_examples": len(splits["validation"]), "test_examples": len(splits["test"]),
             "learning_rate": learning_rate, "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
             "device": device_name(), **data_record(data_dir), **stage_results,
+            "collapse": trainer.collapse_watch.record if trainer.collapse_watch else None,
         }
         write_json_atomically(work / RESULTS_FILE, results)
         remove_checkpoints(work, options)

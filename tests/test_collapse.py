@@ -1,0 +1,47 @@
+"""Training notices a collapsed model (issue 21): one predicted class, or one value, at two evaluations in a
+row is warned about and recorded in results.json."""
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from test_run_folders import data, options  # noqa: F401 - data is a fixture
+from test_training import tiny_bert  # noqa: F401 - tiny_bert is a fixture
+from unipetl.collapse import CollapseWatch, collapsed
+from unipetl.training import train_task
+
+
+def test_one_class_or_one_value_is_a_collapse_and_variety_is_not():
+    assert collapsed(np.array([[0.1, 0.9], [0.3, 0.7], [0.0, 2.0]]), "classification") == "class 1"
+    assert collapsed(np.array([[0.9, 0.1], [0.3, 0.7]]), "classification") is None
+    assert collapsed((np.array([[1.0, 0.0, 0.0]] * 4), None), "multiple_choice") == "class 0"
+    assert collapsed(np.full((5, 1), 2.5), "regression") == "the constant 2.5"
+    assert collapsed(np.array([[2.5], [2.6]]), "regression") is None
+
+
+def test_the_watch_warns_at_the_second_collapsed_evaluation_in_a_row():
+    messages = []
+    watch = CollapseWatch("classification", "sst2", log=messages.append)
+    one_class, varied = np.array([[0.0, 1.0]] * 3), np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    for predictions in (one_class, varied, one_class):  # never twice in a row
+        watch.observe(predictions)
+    assert watch.record is None and not messages
+    watch.observe(one_class)
+    assert watch.record["predicted"] == "class 1" and watch.record["evaluation"] == 4
+    assert len(messages) == 1 and "collapsed" in messages[0] and "train_pooler" in messages[0]
+
+
+class ZeroHead(TrainerCallback):
+    """A head that outputs nothing but its zero bias: every prediction is class 0."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            model.model.classifier.weight.zero_()  # model: the PetlModel the Trainer trains
+            model.model.classifier.bias.zero_()
+
+
+def test_a_run_that_collapses_says_so_and_records_it(tiny_bert, data, tmp_path, capsys):
+    results = train_task("reviews", "lora", tiny_bert, None, str(tmp_path / "run"), options(epochs=3),
+                         custom=data, log=lambda m: None, callbacks=[ZeroHead()])
+    assert results["collapse"]["predicted"] == "class 0"
+    assert "the model has collapsed" in capsys.readouterr().err
