@@ -62,6 +62,7 @@ CLAIMS = {
     "prolora": dict(merges=True, identity_at_init=True, prepare="freeze_masks"),
     "proprefix": NO_CLAIMS,
     "diffprune": dict(merges=True, identity_at_init=True, prepare="project"),
+    "diffprune_short": dict(merges=True, identity_at_init=True, prepare="project"),
     "full": dict(NO_CLAIMS, merges=True, identity_at_init=True),
     "ffn_lora": dict(NO_CLAIMS, merges=True, identity_at_init=True),
     **{name: NO_CLAIMS for name in TRANSFER},  # omega ~ N(2/N, 0.001); fusion's V = I + 1e-6: not exact
@@ -82,7 +83,7 @@ UNLOAD_RESTORES_HEAD = False  # the head is the task's: unload() gives the backb
 
 N_TABLE_CHECKS = 5  # a, b, c, d, f run on every live row; e on the rows in IDENTITY
 N_OTHER_TESTS = 5  # the table's own two checks and the three save tests at the end
-N_CASES = len(REFUSALS) + N_TABLE_CHECKS * len(LIVE) + len(IDENTITY) + N_OTHER_TESTS  # 1007 with 15 presets
+N_CASES = len(REFUSALS) + N_TABLE_CHECKS * len(LIVE) + len(IDENTITY) + N_OTHER_TESTS  # 1061 with 16 presets
 
 
 def claims(method):

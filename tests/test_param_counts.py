@@ -66,7 +66,7 @@ def expected(preset, family, model):
     if preset == "full":
         head = ("classifier",)
         return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(head))
-    if preset == "diffprune":  # L0 stage: a diff w and a gate logit per backbone entry, a group gate per tensor
+    if preset in ("diffprune", "diffprune_short"):  # L0 stage: a diff w and a gate logit per backbone entry, a group gate per tensor
         backbone = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
         return 2 * sum(p.numel() for p in backbone) + len(backbone)
     raise AssertionError(preset)

@@ -138,7 +138,7 @@ def test_a_killed_run_resumed_from_its_checkpoint_ends_like_an_uninterrupted_one
 @needs_glue
 @pytest.mark.parametrize("args,message", [
     (["train", "--task", "sst3"], "unknown task 'sst3'; valid task names: cola, sst2"),
-    (["train", "--task", "sst2", "--method", "lorra"], "unknown preset 'lorra'; known presets: adapterfusion, bitfit, diffprune, full, houlsby"),
+    (["train", "--task", "sst2", "--method", "lorra"], "unknown preset 'lorra'; known presets: adapterfusion, bitfit, diffprune, diffprune_short, full"),
     (["train", "--task", "sst2", "--set", "rank=8"], "unknown config field 'rank'"),
     (["train", "--task", "sst2", "--set", "attn_bn"], "expected key=value"),
     (["train", "--task", "sst2", "--set", "attn_option=parallel"], "attn_option='parallel' is impossible with attn_mode='lora'"),
