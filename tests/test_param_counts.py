@@ -49,8 +49,8 @@ def expected(preset, family, model):
         return cfg.attn_bn * d
     if preset in ("mam", "mam_glue"):
         return prefix_training(cfg.attn_bn, cfg.mid_dim, family) + n_ffn * adapter(cfg.ffn_bn)
-    if preset == "bitfit":
-        head = {n for n, _ in model.named_parameters() if n.startswith(("classifier", "lm_head"))}
+    if preset == "bitfit":  # every bias outside the head (BERT's pooler trains with the head, train_pooler)
+        head = {n for n, _ in model.named_parameters() if n.startswith(("classifier", "lm_head", "bert.pooler"))}
         return sum(p.numel() for n, p in model.named_parameters()
                    if n.endswith(".bias") and n not in head and "relative_attention_bias" not in n)
     # ProPETL: one prototype (shared by all layers) plus a float score per masked weight entry per layer.

@@ -93,7 +93,7 @@ def test_storage_is_prototype_plus_mask_bits_plus_header(tmp_path):
     assert breakdown["prototype_bytes"] == 4 * (2 * r * d + r + d)
     assert breakdown["mask_bytes"] == L * math.ceil(r * d / 8) * 2  # down and up weights, one bit each
     assert report["stored_bytes"] == (breakdown["prototype_bytes"] + breakdown["mask_bytes"] + breakdown["head_bytes"]
-                                      + breakdown["header_bytes"])
+                                      + breakdown["pooler_bytes"] + breakdown["header_bytes"])
     petl.save(tmp_path / "m")
     assert sum(p.stat().st_size for p in (tmp_path / "m").iterdir()) == report["stored_bytes"]
 

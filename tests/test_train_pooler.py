@@ -1,4 +1,5 @@
-"""train_pooler: the BERT/MPNet pooler counted as part of the task head (trained, stored, restored)."""
+"""train_pooler: the BERT pooler counted as part of the task head (trained, stored, restored), by default
+wherever the head reads it; `train_pooler=False` keeps it frozen."""
 
 import pytest
 import torch
@@ -20,10 +21,12 @@ def test_pooler_trains_with_the_head_and_the_rest_of_the_backbone_stays(tmp_path
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     petl = unipetl.get_petl_model(model, PetlConfig.from_preset("lora", train_pooler=True))
     assert set(pooler) <= set(petl.head_names)
-    plain = unipetl.get_petl_model(tiny_model(family), "lora")
+    plain = unipetl.get_petl_model(tiny_model(family), PetlConfig.from_preset("lora", train_pooler=False))
     pooler_size = sum(p.numel() for n, p in model.named_parameters() if n in pooler)
     assert petl.report()["head_params"] == plain.report()["head_params"] + pooler_size
     assert petl.report()["trainable_params"] == plain.report()["trainable_params"]  # the head is not counted there
+    assert petl.report()["stored_breakdown"]["pooler_bytes"] == 4 * pooler_size  # what training it adds
+    assert plain.report()["stored_breakdown"]["pooler_bytes"] == 0
     petl.train()
     batch = tiny_batch(family)
     petl(**batch).loss.backward()
@@ -62,5 +65,23 @@ def test_train_pooler_is_refused_where_it_cannot_apply():
             unipetl.get_petl_model(tiny_model(family), PetlConfig.from_preset("pfeiffer", train_pooler=True))
     with pytest.raises(ConfigError, match="train_pooler=True with param_source='gated_diff'"):
         PetlConfig.from_preset("diffprune", train_pooler=True)
-    with pytest.raises(ConfigError, match="train_pooler='yes' must be true or false"):
+    with pytest.raises(ConfigError, match="train_pooler='yes' must be true, false or null"):
         PetlConfig.from_preset("lora", train_pooler="yes")
+
+
+@pytest.mark.parametrize("family, preset, trains", [
+    ("bert", "lora", True), ("bert", "prefix", True), ("bert", "scaled_parallel", True),
+    ("bert", "diffprune", False), ("bert", "full", False),  # the diff, or full fine-tuning, trains it already
+    ("roberta", "lora", False), ("mpnet", "lora", False), ("t5", "lora", False),  # no pooler under the head
+])
+def test_the_pooler_trains_by_default_where_the_head_reads_it(family, preset, trains):
+    overrides = {"attn_bn": 5, "mid_dim": 12} if preset == "prefix" else {}
+    model = tiny_model(family)
+    petl = unipetl.get_petl_model(model, PetlConfig.from_preset(preset, **overrides))
+    assert bool(petl.pooler_names) == trains
+    if trains:
+        assert all(dict(model.named_parameters())[n].requires_grad for n in petl.pooler_names)
+    frozen = unipetl.get_petl_model(tiny_model(family), PetlConfig.from_preset(preset, train_pooler=False, **overrides)) \
+        if preset != "full" else None
+    if frozen is not None:
+        assert frozen.pooler_names == []

@@ -48,15 +48,16 @@ def test_trainable_parameters_follow_the_closed_forms(sources, method, formula):
     petl = get_transfer_model(tiny_model("bert", seed=0), sources, method)
     assert petl.report()["trainable_params"] == formula(LAYERS, N_SOURCES, HIDDEN)
     trainable = {n for n, p in petl.named_parameters() if p.requires_grad}
-    assert trainable - {n for n in trainable if n.startswith("methods.")} == {"model.classifier.weight",
-                                                                              "model.classifier.bias"}
+    # the head: the classifier, and BERT's pooler under it (train_pooler, on by default)
+    assert trainable - {n for n in trainable if n.startswith("methods.")} == {f"model.{n}" for n in petl.head_names}
+    assert {"model.classifier.weight", "model.classifier.bias"} <= trainable
 
 
 @pytest.mark.parametrize("method", ["scalearn", "adapterfusion"])
 def test_sources_and_backbone_stay_bit_identical_through_training(sources, method):
     model = tiny_model("bert", seed=0)
-    backbone_before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("classifier")}
     petl = get_transfer_model(model, sources, method)
+    backbone_before = {n: p.detach().clone() for n, p in model.named_parameters() if n not in petl.head_names}
     source_buffers = {n: b.detach().clone() for n, b in petl.named_buffers() if ".sources." in n}
     assert source_buffers
     optimizer = torch.optim.AdamW(petl.parameter_groups(1e-2, 0.01))
@@ -180,7 +181,7 @@ def test_a_saved_transfer_module_holds_only_scales_and_head_and_reloads_over_its
     expected = hidden_states(petl, batch)
     petl.save(tmp_path / "transfer")
     stored = petl.stored_tensors()
-    head = {"head.classifier.weight", "head.classifier.bias"}
+    head = {f"head.{name}" for name in petl.head_names}
     assert sum(v.numel() for k, v in stored.items() if k not in head) == petl.report()["trainable_params"]
     assert [s["name"] for s in petl.config.transfer_sources] == ["task0", "task1", "task2"]
     reloaded = load_petl_model(tiny_model("bert", seed=0), tmp_path / "transfer")  # sources from the header

@@ -8,7 +8,9 @@ from .module_format import serialize
 
 
 def byte_kind(petl, name: str) -> str:
-    """The breakdown row of a stored tensor: what a method says, else head or method bytes."""
+    """The breakdown row of a stored tensor: what a method says, else pooler, head or method bytes."""
+    if name.startswith("head.") and name[len("head."):] in petl.pooler_names:
+        return "pooler_bytes"  # the trained pooler: what training it (train_pooler) adds to a module
     for plugin in petl.plugins:
         kind = plugin.byte_kind(name)
         if kind is not None:
@@ -29,7 +31,8 @@ def report(petl, n_tasks: int = 1) -> dict[str, Any]:
     trains_backbone = any(plugin.trains_backbone() for plugin in petl.plugins)
     trainable = method_params + (backbone_params if trains_backbone else 0)
     header, weights = serialize(petl, petl.task)
-    breakdown = {"prototype_bytes": 0, "mask_bytes": 0, "head_bytes": 0, "method_bytes": 0, "backbone_bytes": 0}
+    breakdown = {"prototype_bytes": 0, "mask_bytes": 0, "head_bytes": 0, "pooler_bytes": 0, "method_bytes": 0,
+                 "backbone_bytes": 0}
     shared = 0
     for name, tensor in petl.stored_tensors().items():
         size = tensor.numel() * tensor.element_size()
@@ -37,7 +40,7 @@ def report(petl, n_tasks: int = 1) -> dict[str, Any]:
         shared += size if petl.shares(name) else 0
     stored = len(header) + len(weights)
     breakdown["header_bytes"] = stored - sum(breakdown.values())
-    per_task = stored - breakdown["head_bytes"] - shared + shared / n_tasks
+    per_task = stored - breakdown["head_bytes"] - breakdown["pooler_bytes"] - shared + shared / n_tasks
     return {
         "preset": petl.config.preset,
         "family": petl.sites.family.family,

@@ -182,7 +182,9 @@ def build(spec: MethodSpec, model_path: str, device=None):
     elif spec.library == "plain":  # full fine-tuning as transformers runs it, the baseline peers report against
         model = base
     else:
-        model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset(spec.method, **spec.overrides),
+        # BERT's pooler stays frozen, as in PEFT, so that both libraries' rows do the same work.
+        overrides = {"train_pooler": False, **spec.overrides}
+        model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset(spec.method, **overrides),
                                        fast_cpu_dropout=spec.fast_cpu_dropout)
         model.first_position_only = spec.first_position_only
     if device is not None:

@@ -115,7 +115,7 @@ class PetlConfig:
     train_head: bool = True
     # Count the backbone's pooler (BERT: dense + tanh over [CLS], under the classification head) as part
     # of the head: trained and stored with it, as RoBERTa's and MPNet's heads hold their own dense layer.
-    train_pooler: bool = False
+    train_pooler: bool | None = None  # None: wherever the head reads a pooler (BERT), except diff pruning and full
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -257,8 +257,8 @@ class PetlConfig:
                     raise ConfigError(f"{name}={getattr(self, name)!r} must be a probability in [0, 1)")
         if self.full_finetune and (self.attn_mode != "none" or self.ffn_mode != "none"):
             raise ConfigError("full_finetune=True trains every weight; it cannot be combined with attn_mode/ffn_mode")
-        if not isinstance(self.train_pooler, bool):
-            raise ConfigError(f"train_pooler={self.train_pooler!r} must be true or false")
+        if self.train_pooler is not None and not isinstance(self.train_pooler, bool):
+            raise ConfigError(f"train_pooler={self.train_pooler!r} must be true, false or null (automatic)")
 
     def _validate_diff(self) -> None:
         if self.train_pooler:

@@ -68,7 +68,12 @@ class PetlModel(nn.Module):
             raise ConfigError("this model already has a unipetl method attached; call unload() on that PetlModel first")
         self.config = config
         self.fingerprint = backbone_fingerprint(model)  # taken before anything is attached
-        pooler = pooler_parameter_names(model) if config.train_pooler else []
+        method_classes = methods_for(config)
+        train_pooler = config.train_pooler
+        if train_pooler is None:  # automatic: a head over a pooler trains it, as RoBERTa's head its own dense layer
+            train_pooler = bool(pooler_parameter_names(model) and head_parameter_names(model)) and not any(
+                cls.covers_pooler for cls in method_classes)
+        pooler = pooler_parameter_names(model) if train_pooler else []
         self.head_names = pooler + head_parameter_names(model)
         if config.train_pooler and not pooler:
             raise ConfigError(f"train_pooler=True: {type(model).__name__} has no pooler (its head is "
@@ -88,7 +93,6 @@ class PetlModel(nn.Module):
         self._wrapped: dict[str, nn.Module] = {}  # path -> original module, to unload
         self._hooks: list[Any] = []
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}  # for unload
-        method_classes = methods_for(config)
         source_class = None if any(c.replaces_design for c in method_classes) else source_for(config)
         self.source = source_class(self, config) if source_class else None
         self.plugins: list[Method] = ([self.source] if self.source else []) + [cls(self, config) for cls in method_classes]

@@ -43,6 +43,7 @@ class Method:
     title = "this method"  # how messages name it
     resumable = True  # False: its training stages run in one go (an interrupted run starts again)
     multitask = True  # False: one task at a time (a diff per task)
+    covers_pooler = False  # True: the method itself trains the backbone's pooler (diff pruning, full)
 
     def __init__(self, host, config):
         self.host, self.config = host, config

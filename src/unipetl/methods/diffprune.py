@@ -26,6 +26,7 @@ class DiffPruning(Method):
     title = "diff pruning"
     resumable = False
     multitask = False
+    covers_pooler = True
     exports = ("diff", "project", "diff_written_in")
 
     def attach(self) -> None:

@@ -16,6 +16,7 @@ from .base import Method
 @register_method("full_finetune", True)
 class FullFineTuning(Method):
     mergeable = True
+    covers_pooler = True
 
     def attach(self) -> None:
         head = set(self.host.head_names)
