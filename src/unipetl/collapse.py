@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 KINDS = ("classification", "regression", "multiple_choice")  # a head whose outputs are scores or a value
-LIKELY_CAUSES = ("a frozen pooler under a BERT-family classifier (try --set train_pooler=true), a learning rate "
+LIKELY_CAUSES = ("a frozen pooler under a BERT-family classifier (--set train_pooler=false), a learning rate "
                  "too high or too low for the method (--learning-rate), or too short a budget for prefix or prompt "
                  "tuning (more --epochs)")
 
