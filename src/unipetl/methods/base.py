@@ -3,7 +3,7 @@
 `PetlModel` (the host) resolves the backbone's sites and offers attaching services: `register` a
 module under `host.methods`, `wrap_linear`, `replace_module`, `capture` a sub-layer input, `add_hook`.
 Everything else it asks its methods through the hooks below and never branches on which method it
-holds. Each hook has a harmless default, so a method implements only what it does.
+holds. Every hook but `attach` has a harmless default, so a method implements only what it does.
 """
 
 from __future__ import annotations
