@@ -103,7 +103,7 @@ def test_concurrent_saves_leave_one_loadable_winner_and_a_reader_never_misses_th
 def test_the_module_name_never_goes_missing_during_a_replace(saved, monkeypatch):
     (saved.parent / "x").mkdir(), (saved.parent / "y").mkdir()
     if not getattr(atomic, "_exchange", lambda a, b: True)(saved.parent / "x", saved.parent / "y"):
-        pytest.skip("this system or file system cannot exchange two folders in one step (Linux renameat2)")
+        pytest.skip(reason="this system or file system cannot exchange two folders in one step (Linux renameat2)")
     (saved.parent / "x").rmdir(), (saved.parent / "y").rmdir()
     seen = []
     real_replace, real_rename = os.replace, os.rename

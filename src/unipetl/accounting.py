@@ -30,11 +30,12 @@ def report(petl, n_tasks: int = 1) -> dict[str, Any]:
     method_params = sum(p.numel() for p in petl.methods.parameters() if p.requires_grad)
     trains_backbone = any(plugin.trains_backbone() for plugin in petl.plugins)
     trainable = method_params + (backbone_params if trains_backbone else 0)
-    header, weights = serialize(petl, petl.task)
+    stored_tensors = petl.stored_tensors()
+    header, weights = serialize(petl, petl.task, tensors=stored_tensors)
     breakdown = {"prototype_bytes": 0, "mask_bytes": 0, "head_bytes": 0, "pooler_bytes": 0, "method_bytes": 0,
                  "backbone_bytes": 0}
     shared = 0
-    for name, tensor in petl.stored_tensors().items():
+    for name, tensor in stored_tensors.items():
         size = tensor.numel() * tensor.element_size()
         breakdown[byte_kind(petl, name)] += size
         shared += size if petl.shares(name) else 0

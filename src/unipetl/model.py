@@ -225,10 +225,11 @@ class PetlModel(nn.Module):
 
     def training_stages(self) -> list[Stage]:
         """The training stages of the attached method (one plain stage for most)."""
-        staged = [plugin for plugin in self.plugins if plugin.stages() != [Stage("train")]]
+        plain = [Stage("train")]
+        staged = [stages for stages in (plugin.stages() for plugin in self.plugins) if stages != plain]
         if len(staged) > 1:
-            raise ConfigError(f"two attached methods each have training stages: {[type(p).__name__ for p in staged]}")
-        return staged[0].stages() if staged else [Stage("train")]
+            raise ConfigError(f"two attached methods each have training stages: {[[s.name for s in st] for st in staged]}")
+        return staged[0] if staged else plain
 
     # ================================================================= accounting
     @property

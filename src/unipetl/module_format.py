@@ -42,14 +42,14 @@ def _library_version() -> str:
     return __version__
 
 
-def serialize(model, task: dict | None = None, family: dict | None = None) -> tuple[bytes, bytes]:
+def serialize(model, task: dict | None = None, family: dict | None = None,
+              tensors: dict | None = None) -> tuple[bytes, bytes]:
     """The exact bytes a save writes: (header, weights). With ``family`` (the shared file's identity),
     the tensors the model shares with its family (a ProPETL prototype) are left out: they live once
-    in the family directory."""
-    tensors = model.stored_tensors()
+    in the family directory. ``tensors``: the model's stored tensors, where the caller has them already."""
+    tensors = model.stored_tensors() if tensors is None else tensors
     if family is not None:
-        shared = set(model.shared_tensor_names())
-        tensors = {k: v for k, v in tensors.items() if k not in shared}
+        tensors = {k: v for k, v in tensors.items() if not model.shares(k)}
     weights = save_safetensors(tensors)
     config = model.config.to_dict()
     header: dict[str, Any] = {

@@ -10,6 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+def _over_sources(mixture: str, summary: str, source: str, learning_rate: float, **config: Any) -> dict[str, Any]:
+    """A stage-2 preset: the ``mixture`` combination at Pfeiffer's position over frozen source adapters."""
+    return {"summary": summary, "source": source, "learning_rate": learning_rate, "needs_sources": True,
+            "config": dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture", mixture=mixture,
+                           **config)}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "houlsby": {
         "summary": "Sequential adapters after attention and after the FFN (Houlsby et al. 2019)",
@@ -150,45 +157,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Stage 2 of transfer learning over frozen Pfeiffer source adapters (ALGORITHMS.md §5; built with
     # unipetl.transfer.get_transfer_model, which fills in the sources and their bottleneck size).
-    "scalearn": {
-        "summary": "ScaLearn: frozen source adapters combined by learned scales, one per layer, source and dimension",
-        "source": "§5.2 (omega ~ N(2/N, 0.001), dropout 0.3 on omega, lr 6e-3)",
-        "learning_rate": 6e-3,
-        "needs_sources": True,
-        "config": dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture", mixture="scalearn",
-                       omega_dropout=0.3),
-    },
-    "scalearn_uniform": {
-        "summary": "ScaLearnUniform: one scale per layer and source",
-        "source": "§5.2",
-        "learning_rate": 6e-3,
-        "needs_sources": True,
-        "config": dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture",
-                       mixture="scalearn_uniform", omega_dropout=0.3),
-    },
-    "scalearn_pp": {
-        "summary": "ScaLearn++: one (sources x dimension) set of scales shared by every layer",
-        "source": "§5.2",
-        "learning_rate": 6e-3,
-        "needs_sources": True,
-        "config": dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture", mixture="scalearn_pp",
-                       omega_dropout=0.3),
-    },
-    "scalearn_uniform_pp": {
-        "summary": "ScaLearnUniform++: one scale per source, shared by every layer (no dropout on omega)",
-        "source": "§5.2",
-        "learning_rate": 6e-3,
-        "needs_sources": True,
-        "config": dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture",
-                       mixture="scalearn_uniform_pp", omega_dropout=0.0),
-    },
-    "adapterfusion": {
-        "summary": "AdapterFusion (Pfeiffer et al. 2021): attention over the source adapters' outputs, the baseline",
-        "source": "§5.3 (value initialised to the identity, 0.01 * ||I - V||^2 in the loss, dropout 0.1, lr 5e-5)",
-        "learning_rate": 5e-5,
-        "needs_sources": True,
-        "config": dict(ffn_mode="adapter", ffn_option="pfeiffer", param_source="scaled_mixture", mixture="adapterfusion"),
-    },
+    "scalearn": _over_sources(
+        "scalearn", "ScaLearn: frozen source adapters combined by learned scales, one per layer, source and dimension",
+        "§5.2 (omega ~ N(2/N, 0.001), dropout 0.3 on omega, lr 6e-3)", 6e-3, omega_dropout=0.3),
+    "scalearn_uniform": _over_sources(
+        "scalearn_uniform", "ScaLearnUniform: one scale per layer and source", "§5.2", 6e-3, omega_dropout=0.3),
+    "scalearn_pp": _over_sources(
+        "scalearn_pp", "ScaLearn++: one (sources x dimension) set of scales shared by every layer", "§5.2", 6e-3,
+        omega_dropout=0.3),
+    "scalearn_uniform_pp": _over_sources(
+        "scalearn_uniform_pp", "ScaLearnUniform++: one scale per source, shared by every layer (no dropout on omega)",
+        "§5.2", 6e-3, omega_dropout=0.0),
+    "adapterfusion": _over_sources(
+        "adapterfusion", "AdapterFusion (Pfeiffer et al. 2021): attention over the source adapters' outputs, the baseline",
+        "§5.3 (value initialised to the identity, 0.01 * ||I - V||^2 in the loss, dropout 0.1, lr 5e-5)", 5e-5),
 }
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import DataError
+from .runfolder import MODULE_DIR as MODULE_FOLDER
+from .runfolder import RESULTS_FILE
 
-RESULTS_FILE = "results.json"
-MODULE_FOLDER = "module"
 REPORT_FILES = ("report.md", "report.csv", "report.json", "report.png")
 REQUIRED_FIELDS = {"task": str, "method": str, "metrics": dict, "main_score": (int, float), "seed": int,
                    "trainable_params": int, "stored_bytes": int}

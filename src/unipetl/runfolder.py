@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_json_atomically
 from .errors import ConfigError, DataError
 
 try:
@@ -120,8 +121,8 @@ class RunFolder:
             self.created = not self.work.exists()
             self.work.mkdir(parents=True, exist_ok=True)
             if not self.resume or not (self.work / RUN_FILE).exists():
-                (self.work / RUN_FILE).write_text(json.dumps(
-                    {"state": "running", "arguments": recorded_arguments(self.arguments)}, indent=1, sort_keys=True) + "\n")
+                write_json_atomically(self.work / RUN_FILE,
+                                      {"state": "running", "arguments": recorded_arguments(self.arguments)})
         except BaseException:
             self._lock.release()
             raise
@@ -133,10 +134,7 @@ class RunFolder:
             return
         record = self.work / RUN_FILE
         if record.is_file():
-            finished = {**json.loads(record.read_text()), "state": "finished"}
-            tmp = record.with_name(f".{RUN_FILE}.tmp")
-            tmp.write_text(json.dumps(finished, indent=1, sort_keys=True) + "\n")
-            tmp.replace(record)
+            write_json_atomically(record, {**json.loads(record.read_text()), "state": "finished"})
         if self.work != self.staging:
             return
         old = self.out.with_name(f".{self.out.name}.old")

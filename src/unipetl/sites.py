@@ -61,6 +61,13 @@ _BERT_LIKE_ATTENTION = (
                    "attention.output.dense"),
 )
 
+_BART_SELF_ATTENTION = AttentionTable("self", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                      "self_attn.out_proj")
+_BART_ENCODER_ATTENTION = (_BART_SELF_ATTENTION,)
+_BART_DECODER_ATTENTION = (_BART_SELF_ATTENTION,
+                           AttentionTable("cross", "encoder_attn", "encoder_attn.q_proj", "encoder_attn.k_proj",
+                                          "encoder_attn.v_proj", "encoder_attn.out_proj"))
+
 FAMILIES: tuple[FamilyTable, ...] = (
     FamilyTable(
         family="bert",
@@ -118,32 +125,16 @@ FAMILIES: tuple[FamilyTable, ...] = (
         family="bart",
         model_types=("bart",),
         stacks=(
-            StackTable("encoder", "encoder.layers",
-                       (AttentionTable("self", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                       "self_attn.out_proj"),),
-                       ("fc1",), "fc2", "final_layer_norm"),
-            StackTable("decoder", "decoder.layers",
-                       (AttentionTable("self", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                       "self_attn.out_proj"),
-                        AttentionTable("cross", "encoder_attn", "encoder_attn.q_proj", "encoder_attn.k_proj",
-                                       "encoder_attn.v_proj", "encoder_attn.out_proj")),
-                       ("fc1",), "fc2", "final_layer_norm"),
+            StackTable("encoder", "encoder.layers", _BART_ENCODER_ATTENTION, ("fc1",), "fc2", "final_layer_norm"),
+            StackTable("decoder", "decoder.layers", _BART_DECODER_ATTENTION, ("fc1",), "fc2", "final_layer_norm"),
         ),
     ),
     FamilyTable(
         family="mbart",
         model_types=("mbart",),
         stacks=(
-            StackTable("encoder", "encoder.layers",
-                       (AttentionTable("self", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                       "self_attn.out_proj"),),
-                       ("fc1",), "fc2", None),
-            StackTable("decoder", "decoder.layers",
-                       (AttentionTable("self", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                       "self_attn.out_proj"),
-                        AttentionTable("cross", "encoder_attn", "encoder_attn.q_proj", "encoder_attn.k_proj",
-                                       "encoder_attn.v_proj", "encoder_attn.out_proj")),
-                       ("fc1",), "fc2", None),
+            StackTable("encoder", "encoder.layers", _BART_ENCODER_ATTENTION, ("fc1",), "fc2", None),
+            StackTable("decoder", "decoder.layers", _BART_DECODER_ATTENTION, ("fc1",), "fc2", None),
         ),
         pre_layernorm=True,  # unlike BART, mBART normalises before each sub-layer (final_layer_norm is the FFN's input LN)
     ),

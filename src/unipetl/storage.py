@@ -193,13 +193,13 @@ def save_family(members: dict, directory) -> dict:
     prototype tensors. Each member directory loads alone with `load_petl_model`.
     """
     names = list(members)
+    stored = {name: model.stored_tensors() for name, (model, _) in members.items()}  # each member's, once
     first = members[names[0]][0]
-    prototype = {k: v for k, v in first.stored_tensors().items() if first.shares(k)}
+    prototype = {k: v for k, v in stored[names[0]].items() if first.shares(k)}
     if not prototype:
         raise ModuleFormatError("save_family needs a shared prototype (param_source='masked_prototype')")
     for name in names[1:]:
-        other = members[name][0].stored_tensors()
-        if any(not torch.equal(other[k], v) for k, v in prototype.items()):
+        if any(not torch.equal(stored[name][k], v) for k, v in prototype.items()):
             raise ModuleFormatError(f"task {name!r} does not share the prototype of task {names[0]!r}")
     shared = save_safetensors(prototype)
     identity = {"file": f"../{PROTOTYPE_FILE}", "bytes": len(shared), "sha256": hashlib.sha256(shared).hexdigest()}
@@ -207,7 +207,7 @@ def save_family(members: dict, directory) -> dict:
     for name, (model, task) in members.items():
         if task is not None:
             model.task = task
-        header, weights = serialize(model, model.task, family=identity)
+        header, weights = serialize(model, model.task, family=identity, tensors=stored[name])
         files[f"{name}/{WEIGHTS_FILE}"], files[f"{name}/{HEADER_FILE}"] = weights, header
     summary = {"format": "unipetl-task-family", "format_version": FORMAT_VERSION, "tasks": names,
                "prototype": {"file": PROTOTYPE_FILE, "bytes": len(shared), "sha256": identity["sha256"]}}
