@@ -134,11 +134,17 @@ def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     bias = _token_bias(module, query, key, attention_mask, position_bias, is_causal)
     prefix_k, prefix_v = site.key_value(batch, heads, head_dim, query.dtype)
     dropout = dropout if module.training else 0.0
+    # A task bank's site masks each row's prefix padding (prefixes of several lengths in one batch).
+    prefix_bias = getattr(site, "prefix_bias", None)
+    prefix_bias = prefix_bias(batch, prefix_k.shape[2], query.dtype) if prefix_bias is not None else None
 
     if site.option == "concat":
         # Original prefix tuning: one softmax over prefix and token keys (implicitly gated).
         keys, values = torch.cat([prefix_k, key], dim=2), torch.cat([prefix_v, value], dim=2)
-        if bias is not None:
+        if prefix_bias is not None:
+            token_bias = bias.expand(batch, -1, q_len, -1) if bias is not None else query.new_zeros(batch, 1, q_len, key.shape[2])
+            bias = torch.cat([prefix_bias.expand(batch, token_bias.shape[1], q_len, -1), token_bias], dim=-1)
+        elif bias is not None:
             bias = F.pad(bias.expand(batch, -1, q_len, -1), (prefix_k.shape[2], 0))
         out = attend(query, keys, values, bias, dropout, scaling, site.fast_dropout)
         return out.transpose(1, 2).contiguous(), None

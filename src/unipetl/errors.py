@@ -19,3 +19,10 @@ class ModuleFormatError(UnipetlError, ValueError):
 
 class DataError(UnipetlError, ValueError):
     """Task data is missing, unreadable or malformed."""
+
+
+class UnknownTaskError(UnipetlError, KeyError):
+    """A request names a task that a task bank does not hold (never loaded, or unloaded since)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -237,6 +237,12 @@ class PetlModel(nn.Module):
         """The backbone pooler's parameters that train with the head (`train_pooler`); empty otherwise."""
         return list(self._pooler_original)
 
+    @torch.no_grad()
+    def pooler_deltas(self) -> dict[str, torch.Tensor]:
+        """Trained pooler minus the backbone's own, by parameter name (empty unless `train_pooler`)."""
+        params = dict(self.model.named_parameters())
+        return {name: params[name].detach() - original for name, original in self._pooler_original.items()}
+
     def head_parameters(self) -> dict[str, nn.Parameter]:
         params = dict(self.model.named_parameters())
         return {name: params[name] for name in self.head_names if name in params}

@@ -16,23 +16,37 @@ def read_inputs(path: str, spec) -> list[Example]:
     """Each line: {"text": ..., "text_pair": ...}, {"texts": [...]}, or a row in the task's own layout."""
     path = Path(path)
     rows = list(jsonl_records(path))  # the task loaders' reader: its line limit, lines named in every error
-    examples = []
-    for number, row in rows:
-        plain_text = "text" in row and spec.kind != "multiple_choice" and spec.name not in ("wic", "wsc", "record", "multirc")
-        if "texts" in row or plain_text:
-            texts = row["texts"] if "texts" in row else [row["text"]] + ([row["text_pair"]] if "text_pair" in row else [])
-            if not texts or not all(isinstance(t, str) for t in texts):
-                raise DataError(f"{path}, line {number}: 'texts' must be a non-empty list of strings")
-            examples.append(Example(tuple(texts), 0))
-            continue
-        try:
-            examples.extend(build_examples(spec, [{"label": 0, **row}]))
-        except KeyError as err:
-            raise DataError(f"{path}, line {number}: missing field {err.args[0]!r} (give 'text'/'text_pair', 'texts', "
-                            f"or the task's own fields)") from None
+    examples = [example for number, row in rows for example in examples_from_row(row, spec, f"{path}, line {number}")]
     if not examples:
         raise DataError(f"{path}: no input lines")
     return examples
+
+
+def examples_from_row(row: dict, spec, where: str) -> list[Example]:
+    """The inputs of one line (``where`` names it in errors): 'text'/'text_pair', 'texts', or the task's own
+    fields (one example, except for tasks whose rows hold several, such as MultiRC's answers)."""
+    plain_text = "text" in row and spec.kind != "multiple_choice" and spec.name not in ("wic", "wsc", "record", "multirc")
+    if "texts" in row or plain_text:
+        texts = row["texts"] if "texts" in row else [row["text"]] + ([row["text_pair"]] if "text_pair" in row else [])
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise DataError(f"{where}: 'texts' must be a non-empty list of strings (or give 'text' and 'text_pair' as strings)")
+        return [Example(tuple(texts), 0)]
+    try:
+        return build_examples(spec, [{"label": 0, **row}])
+    except KeyError as err:
+        raise DataError(f"{where}: missing field {err.args[0]!r} (give 'text'/'text_pair', 'texts', "
+                        f"or the task's own fields)") from None
+    except (TypeError, AttributeError, ValueError) as err:
+        raise DataError(f"{where}: a field of the wrong type for task {spec.name!r}: {err}") from None
+
+
+def format_prediction(spec, row: torch.Tensor) -> dict:
+    """One output line from a row of classification or regression logits."""
+    if spec.kind == "regression":
+        return {"prediction": float(row.reshape(-1)[0])}
+    probs = row.softmax(-1).tolist()
+    names = spec.label_names
+    return {"prediction": names[int(row.argmax())], "probabilities": {names[i]: round(p, 6) for i, p in enumerate(probs)}}
 
 
 @torch.no_grad()
@@ -51,12 +65,5 @@ def predict_examples(petl, backbone, spec, examples, max_length: int = 128, batc
                 out.append({"prediction": label, "generated": text})
             continue
         logits = petl(**batch).logits
-        for row in logits:
-            if spec.kind == "regression":
-                out.append({"prediction": float(row.reshape(-1)[0])})
-            else:
-                probs = row.softmax(-1).tolist()
-                names = spec.label_names
-                out.append({"prediction": names[int(row.argmax())],
-                            "probabilities": {names[i]: round(p, 6) for i, p in enumerate(probs)}})
+        out.extend(format_prediction(spec, row) for row in logits)
     return out

@@ -52,8 +52,18 @@ class MaskedView(nn.Module):
 
     def mask(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         if self.frozen is not None:
+            if self.as_bits:
+                return unpack_bits(self.frozen[name], self.shapes[name]).to(device=self._device(), dtype=dtype)
             return self.frozen[name].to(device=self._device(), dtype=dtype)
         return topk_mask(self.scores[name], self.keep).to(dtype)
+
+    as_bits = False  # frozen masks held as packed bits and unpacked at each use (`keep_as_bits`)
+
+    def keep_as_bits(self) -> None:
+        """Hold the frozen masks as packed bits (a task bank: memory close to the stored bytes)."""
+        if self.frozen is not None and not self.as_bits:
+            self.frozen = {n: pack_bits(m) for n, m in self.frozen.items()}
+            self.as_bits = True
 
     def _device(self) -> torch.device:
         return next(iter(self.scores.values())).device if len(self.scores) else torch.device("cpu")
@@ -66,14 +76,14 @@ class MaskedView(nn.Module):
 
     def packed(self) -> dict[str, torch.Tensor]:
         if self.frozen is not None:
-            return {n: pack_bits(m) for n, m in self.frozen.items()}
+            return dict(self.frozen) if self.as_bits else {n: pack_bits(m) for n, m in self.frozen.items()}
         with torch.no_grad():
             return {n: pack_bits(topk_mask(self.scores[n], self.keep)) for n in self.shapes}
 
     def load_packed(self, name: str, packed: torch.Tensor) -> None:
         if self.frozen is None:
             raise ValueError("load_packed needs a frozen mask view")
-        self.frozen[name] = unpack_bits(packed, self.shapes[name])
+        self.frozen[name] = packed.clone() if self.as_bits else unpack_bits(packed, self.shapes[name])
 
 
 class _Masked(nn.Module):
@@ -124,6 +134,8 @@ class MaskedPrototype(_Masked):
             return weight  # biases: shared, unmasked
         if self.view.frozen is None:
             return weight * self.combined_mask(self.view, name, weight.dtype)
+        if self.view.as_bits:  # a task bank: no dense product kept per task
+            return weight * self.view.mask(name, weight.dtype)
         # Frozen bits: the product changes only when the prototype does; compute it once per version.
         version = (weight.data_ptr(), weight._version, weight.dtype, torch.is_grad_enabled() and weight.requires_grad)
         cached = self._materialized.get(name)

@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..mixing import Part
+
 GroupRule = tuple[Callable[[str, Any], bool], dict]  # (parameter name, parameter) -> own lr / weight decay
 
 
@@ -48,6 +50,7 @@ class Method:
     def __init__(self, host, config):
         self.host, self.config = host, config
         self.keys: list[str] = []  # this method's entries in host.methods
+        self.parts: list[Part] = []  # what it adds at each site, for mixed-task batches (`part`)
 
     def register(self, key: str, module: nn.Module) -> nn.Module:
         self.keys.append(key)
@@ -101,9 +104,20 @@ class Method:
     def select_task(self, task: str) -> None:
         """The task the next forwards serve, where the method keeps per-task state (ProPETL-m)."""
 
-    def apply_mixed_batch(self, task_index: torch.Tensor):
-        """Serve a batch whose rows belong to different tasks (issue 22 fills this in per method)."""
-        raise NotImplementedError(f"{type(self).__name__}: mixed-task batches are not implemented yet")
+    # ------------------------------------------------------------------ mixed-task batches
+    def part(self, op: type, site: str, role: str, payload, capture: str | None = None, signature: tuple = ()) -> None:
+        """Record, while attaching, one thing this method adds at a site (mixing.Part) so that a task bank
+        can apply it to the rows of this task in a batch that mixes tasks."""
+        self.parts.append(Part(op, site, role, payload, capture, signature))
+
+    def mixed_parts(self) -> list[Part]:
+        """What this task's method adds to the backbone, as parts a task bank batches across tasks
+        (serving/bank.py; default: the parts recorded by `part` while attaching)."""
+        return list(self.parts)
+
+    def share_across_tasks(self, cache: dict) -> None:
+        """Hold what several tasks share (a ProPETL prototype) once in a task bank: replace this task's copy
+        by the one in ``cache`` when the contents are equal, else put it there."""
 
     # ------------------------------------------------------------------ storage
     def stored_tensors(self) -> dict[str, torch.Tensor]:

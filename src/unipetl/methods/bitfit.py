@@ -9,8 +9,18 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..insertion import BiasDelta
+from ..mixing import MixedOp
 from ..registry import register_method
 from .base import Method
+
+
+class BiasDeltaOp(MixedOp):
+    """BitFit for many tasks at one Linear or LayerNorm: each row's task's bias delta added to the module's
+    output (a forward hook; zero for the rows of tasks without BitFit)."""
+
+    def hook(self, module, args, output):
+        delta = self.per_row(lambda d: d).to(output.dtype)  # (rows, features)
+        return output + delta.view(delta.shape[0], *([1] * (output.dim() - 2)), delta.shape[1])
 
 
 @register_method("attn_mode", "bitfit")
@@ -31,6 +41,7 @@ class BitFit(Method):
                 continue
             deltas[path.replace(".", "__")] = nn.Parameter(torch.zeros_like(bias))
             self.hooks.append(host.add_hook(BiasDelta(module, deltas[path.replace(".", "__")])))
+            self.part(BiasDeltaOp, path, "hook", deltas[path.replace(".", "__")])
         if not deltas:
             raise ConfigError(f"bitfit trains biases, but this {host.sites.family.family} backbone has no bias parameters")
         self.register("bitfit", deltas)

@@ -12,9 +12,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..diff import GatedDiff, SparseDiff, decode_indices, diff_layout, encode_indices, project_to_density
 from ..errors import ConfigError, ModuleFormatError
+from ..mixing import MixedOp, Part, rows_of
 from ..registry import register_method
 from .base import Method, Stage
 
@@ -121,6 +124,34 @@ class DiffPruning(Method):
     def load_expected(self, expected: dict) -> dict:
         return {k: v for k, v in expected.items() if k != "methods.diff.index_gaps"}
 
+    # ------------------------------------------------------------------ mixed-task batches
+    def mixed_parts(self) -> list[Part]:
+        """The sparse diff by backbone module: each part holds, per parameter of the module, the kept
+        entries' positions in it (int32) and their values; nothing dense is built per task."""
+        if not isinstance(self.diff, SparseDiff):
+            raise ConfigError("diff pruning serves its projected sparse diff; this model is still in its L0 stage "
+                              "(call project() first)")
+        indices, values = self.diff.indices, self.diff.values.detach()
+        layout, start = self.diff.layout, 0
+        by_module: dict[str, dict] = {}
+        for name, size in zip(layout.names, layout.sizes):
+            lo, hi = (int(i) for i in torch.searchsorted(indices, torch.tensor([start, start + size])))
+            if hi > lo:
+                path, _, parameter = name.rpartition(".")
+                by_module.setdefault(path, {})[parameter] = ((indices[lo:hi] - start).to(torch.int32), values[lo:hi].clone())
+            start += size
+        parts = []
+        for path, entries in by_module.items():
+            module = self.host.model.get_submodule(path)
+            op = next((op for kind, op in DIFF_OPS if isinstance(module, kind)), None)
+            if op is DiffEmbeddingOp and path.endswith("relative_attention_bias"):
+                op = DiffSharedTableOp  # looked up once for all rows (MPNet, T5): served task by task
+            if op is None:
+                raise ConfigError(f"diff pruning in a task bank: the diff changes {path} ({type(module).__name__}); "
+                                  f"mixed batches apply diffs to Linear, LayerNorm and Embedding modules only")
+            parts.append(Part(op, path, "hook", entries))
+        return parts
+
     # ------------------------------------------------------------------ merge
     @torch.no_grad()
     def merge(self) -> None:
@@ -135,3 +166,97 @@ def describe_projection(stats: dict) -> str:
     return (f"projection: kept {stats['kept_entries']:,} of {stats['parameters']:,} entries "
             f"(density {100 * stats['density']:.3f} %, threshold {stats['threshold']:.3g}); "
             f"expected L0 after stage 1: {stats['expected_l0_after_l0_stage']:,.0f}")
+
+
+# ---------------------------------------------------------------------- mixed-task batches
+def _dense_per_row(op: MixedOp, parameter: str, size: int, like: torch.Tensor) -> torch.Tensor:
+    """(rows, size): each row's task's sparse entries of a vector parameter (a bias, an LN weight), dense."""
+    def dense(entries):
+        if parameter not in entries:
+            return like.new_zeros(size)
+        index, value = entries[parameter]
+        return like.new_zeros(size).index_put_((index.long(),), value.to(like.dtype))
+    return op.per_row(dense, shape=(size,), like=like)
+
+
+class DiffLinearOp(MixedOp):
+    """A sparse diff on a Linear for many tasks: the base product runs once for the whole batch, and each
+    row gets x Delta_t^T + delta b_t for its task t. The Delta of the rows' tasks are laid out as one
+    block-diagonal sparse matrix (a block per row) and applied in one sparse product: no dense copy of
+    a weight per task, and no loop over tasks."""
+
+    def hook(self, module, args, output):
+        x = rows_of(args[0], self.routing.rows)  # (rows, tokens, in)
+        rows, tokens, d_in = x.shape
+        d_out = module.out_features
+        correction = x.new_zeros(rows, tokens, d_out)
+        tasks = [t for t in self.active_tasks() if "weight" in self.parts[t]]
+        if tasks:
+            longest = max(self.parts[t]["weight"][0].numel() for t in tasks)
+            index = self.per_row(lambda e: e["weight"][0].long() if "weight" in e else x.new_zeros(0, dtype=torch.long),
+                                 shape=(longest,), like=x.new_zeros(0, dtype=torch.long))
+            value = self.per_row(lambda e: e["weight"][1].to(x.dtype) if "weight" in e else x.new_zeros(0),
+                                 shape=(longest,), like=x.new_zeros(0))
+            row = torch.arange(rows, device=x.device)[:, None]
+            coordinates = torch.stack([(index // d_in + row * d_out).reshape(-1), (index % d_in + row * d_in).reshape(-1)])
+            blocks = torch.sparse_coo_tensor(coordinates, value.reshape(-1), (rows * d_out, rows * d_in), check_invariants=False)
+            product = torch.sparse.mm(blocks, x.transpose(1, 2).reshape(rows * d_in, tokens))  # (rows * out, tokens)
+            correction = product.view(rows, d_out, tokens).transpose(1, 2)
+        if any("bias" in self.parts[t] for t in self.active_tasks()):
+            correction = correction + _dense_per_row(self, "bias", d_out, x)[:, None]
+        return output + correction.reshape(output.shape)
+
+
+class DiffLayerNormOp(MixedOp):
+    """A sparse diff on a LayerNorm's weight and bias for many tasks: LN(x) + norm(x) * dgamma_t + dbeta_t."""
+
+    def hook(self, module, args, output):
+        x = rows_of(args[0], self.routing.rows)
+        width = x.shape[-1]
+        normed = F.layer_norm(x, (width,), eps=module.eps)
+        gamma = _dense_per_row(self, "weight", width, x)[:, None]
+        beta = _dense_per_row(self, "bias", width, x)[:, None]
+        return output + torch.addcmul(beta, normed, gamma).reshape(output.shape)
+
+
+class DiffEmbeddingOp(MixedOp):
+    """A sparse diff on an embedding table for many tasks: each looked-up row of the table gets its task's
+    kept entries of that table row, found by binary search in the tasks' sorted positions."""
+
+    def hook(self, module, args, output):
+        ids = args[0]
+        rows = self.routing.rows
+        ids = ids.expand(rows, -1) if ids.shape[0] != rows else ids  # position ids come as (1, length)
+        vocabulary, width = module.weight.shape
+        tasks = self.active_tasks()
+        if not tasks:
+            return output
+        slots = {t: i for i, t in enumerate(self.routing.present)}
+        keys = torch.cat([slots[t] * vocabulary * width + self.parts[t]["weight"][0].long() for t in tasks])
+        values = torch.cat([self.parts[t]["weight"][1] for t in tasks]).to(output.dtype)
+        token_keys = (self.routing.slot[:, None] * vocabulary + ids).reshape(-1) * width
+        start, end = torch.searchsorted(keys, token_keys), torch.searchsorted(keys, token_keys + width)
+        counts = end - start
+        token = torch.repeat_interleave(torch.arange(token_keys.numel(), device=ids.device), counts)
+        first = torch.repeat_interleave(start - (torch.cumsum(counts, 0) - counts), counts)
+        entry = first + torch.arange(token.numel(), device=ids.device)
+        delta = output.new_zeros(token_keys.numel(), width).index_put_((token, keys[entry] % width), values[entry],
+                                                                        accumulate=True)
+        return output + delta.view(rows, ids.shape[1], width)
+
+
+class DiffSharedTableOp(MixedOp):
+    """A sparse diff on a table that a layer looks up once for every row (a relative-position bias): rows
+    of different tasks would need different tables, so the bank serves such a task's rows in forwards of
+    their own, where this adds the task's diff to the lookup."""
+
+    batched = False
+
+    def hook(self, module, args, output):
+        index, value = self.only_task()["weight"]
+        table = torch.zeros(module.weight.numel(), dtype=output.dtype, device=output.device)
+        table = table.index_put_((index.long(),), value.to(output.dtype)).view_as(module.weight)
+        return output + F.embedding(args[0], table)
+
+
+DIFF_OPS = ((nn.Linear, DiffLinearOp), (nn.LayerNorm, DiffLayerNormOp), (nn.Embedding, DiffEmbeddingOp))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from ..registry import register_method
 from .base import Method
 
@@ -32,6 +33,10 @@ class FullFineTuning(Method):
 
     def byte_kind(self, name):
         return "backbone_bytes" if name.startswith("backbone.") else None
+
+    def mixed_parts(self):
+        raise ConfigError("full fine-tuning changes every backbone weight, so its module cannot share a backbone "
+                          "with other tasks; serve it alone (unipetl predict --module)")
 
     def merge(self) -> None:
         self.original = {}

@@ -6,8 +6,22 @@ from __future__ import annotations
 import torch
 
 from ..forms import LowRank, lowrank_tensors
+from ..mixing import MixedOp, rows_of
 from ..registry import register_method
 from .base import Method
+
+
+class LowRankOp(MixedOp):
+    """LoRA for many tasks at one linear: the linear computes the base product once for the whole batch
+    (MixedLinear); this adds each row's low-rank term, x A_t^T (s_t B_t)^T with the A and B of the row's
+    task gathered per row (the SGMV/BGMV idea in two batched matmuls). Ranks that differ are zero-padded;
+    a task without LoRA here has a zero slot. ProLoRA's masked factors are built for the tasks present."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        down = self.per_row(lambda form: form.source.get("lora_A"))  # (rows, r, in)
+        up = self.per_row(lambda form: form.source.get("lora_B") * form.scaling)  # (rows, out, r)
+        hidden = torch.bmm(rows_of(x, self.routing.rows), down.transpose(1, 2))
+        return torch.bmm(hidden, up.transpose(1, 2)).view(*x.shape[:-1], up.shape[1])
 
 
 class _LoRA(Method):
@@ -25,6 +39,7 @@ class _LoRA(Method):
         form = self.register(key, LowRank(source, rank, cfg.lora_alpha, cfg.lora_dropout))
         object.__setattr__(self.host.wrap_linear(path), "lora", form)
         self.paths.append(path)
+        self.part(LowRankOp, path, "lora", form)
 
     @torch.no_grad()
     def merge(self) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..forms import ACTIVATIONS
+from ..mixing import MixedOp, rows_of
 from ..registry import register_method
 from .adapter import attach_at_pfeiffer_position
 from .base import Method
@@ -96,13 +97,48 @@ class ScaledMixture(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scaled_up, bias = self.scaled_up()
+        return F.linear(self.sources.hidden(x), scaled_up, bias)
+
+    def scaled_up(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """diag(omega_n) up_n for every source side by side, (d, sum of ranks), and the scaled bias (d,)."""
         omega = F.dropout(self.scales.omega, self.dropout, self.training)
         if omega.dim() == 1:
             omega = omega[:, None].expand(-1, self.sources.up_bias.shape[1])
         ranks = torch.tensor(self.sources.ranks, device=omega.device)
-        # diag(omega_n) up_n for every source, side by side: (d, sum of ranks)
-        scaled_up = self.sources.up_weight * torch.repeat_interleave(omega, ranks, dim=0).T
-        return F.linear(self.sources.hidden(x), scaled_up, (omega * self.sources.up_bias).sum(0))
+        return (self.sources.up_weight * torch.repeat_interleave(omega, ranks, dim=0).T,
+                (omega * self.sources.up_bias).sum(0))
+
+
+class ScaledMixtureOp(MixedOp):
+    """ScaLearn for many tasks at one layer: the shared source adapters' hidden activations once for the
+    whole batch, then each row's up-projection with its task's scales folded in, in one batched matmul.
+    Parts batch together when they combine the same sources (the signature: their content hashes),
+    which the op then holds once for all its tasks."""
+
+    def add(self, task: str, payload: "ScaledMixture") -> None:
+        shared = next(iter(self.parts.values()), payload).sources
+        payload.sources = shared  # one copy of the frozen source adapters for every task
+        super().add(task, payload)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sources = next(iter(self.parts.values())).sources
+        hidden = sources.hidden(rows_of(x, self.routing.rows))  # (rows, tokens, sum of ranks)
+        up = self.per_row(lambda mixture: mixture.scaled_up()[0])
+        bias = self.per_row(lambda mixture: mixture.scaled_up()[1])
+        return torch.baddbmm(bias[:, None], hidden, up.transpose(1, 2)).view(*x.shape[:-1], up.shape[1])
+
+
+class FusionOp(MixedOp):
+    """AdapterFusion does not batch across tasks here (each row would need its own d x d query, key and
+    value projections): the bank serves each AdapterFusion task's rows in a forward of their own, and
+    this applies that task's fusion (zero for the rows of a task without one)."""
+
+    batched = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fusion = self.only_task()
+        return fusion(x) if fusion is not None else torch.zeros_like(x)
 
 
 class AdapterFusion(nn.Module):
@@ -173,7 +209,8 @@ class ScaledMixtureMethod(Method):
                                                  Scales(n, d, per_dimension, cfg.omega_init_scale))
                 combination = ScaledMixture(stack, scales, cfg.omega_dropout)
             self.register(f"{layer.stack}{layer.index}_{cfg.mixture}", combination)
-            attach_at_pfeiffer_position(self, layer, combination)
+            op = FusionOp if cfg.mixture == "adapterfusion" else ScaledMixtureOp
+            attach_at_pfeiffer_position(self, layer, combination, op, signature=tuple(s.sha256 for s in sources))
 
     def extra_loss(self):
         """AdapterFusion's 0.01 * sum over layers of ||I - V||_F^2 (none for ScaLearn)."""

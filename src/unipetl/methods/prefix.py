@@ -7,8 +7,75 @@ import torch
 
 from .. import attention as prefix_attention
 from ..forms import FlatPrefix, PrefixGenerator
+from ..mixing import MixedOp, pad_to
 from ..registry import register_method
 from .base import Method
+
+
+class PrefixOp(MixedOp):
+    """Prefixes of many tasks at one attention module (the `concat` option): each row attends over its
+    own task's prefix keys and values. Prefixes of different lengths are zero-padded to the longest and
+    the padding is masked out of the softmax, as are all prefix positions of a row whose task has none
+    here, so every row gets exactly its single-task attention. Installed as the module's prefix site
+    (attention.prefix_attention reads `option`, `key_value` and `prefix_bias`)."""
+
+    option, composition, fast_dropout = "concat", "add", False
+
+    def key_value(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype):
+        present, width = self.routing.present, 2 * heads * head_dim
+        prefixes = {t: self.parts[t].source.site_prefix(self.parts[t].index).to(dtype) for t in self.active_tasks()}
+        length = max((p.shape[0] for p in prefixes.values()), default=0)
+        zero = torch.zeros(length, width, dtype=dtype, device=self.routing.slot.device)
+        stacked = torch.stack([pad_to(prefixes[t], (length, width)) if t in prefixes else zero for t in present])
+        self._lengths = torch.tensor([prefixes[t].shape[0] if t in prefixes else 0 for t in present],
+                                     device=self.routing.slot.device)
+        keys, values = stacked[self.routing.slot].split(heads * head_dim, dim=-1)
+        shape = (batch, length, heads, head_dim)
+        return keys.reshape(shape).transpose(1, 2), values.reshape(shape).transpose(1, 2)
+
+    def prefix_bias(self, batch: int, length: int, dtype: torch.dtype) -> torch.Tensor:
+        """(rows, 1, 1, length): 0 on each row's own prefix positions, the dtype's minimum elsewhere."""
+        lengths = self._lengths[self.routing.slot]
+        keep = torch.arange(length, device=lengths.device)[None] < lengths[:, None]
+        bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+        return bias[:, None, None]
+
+
+class GroupedPrefixOp(PrefixOp):
+    """The cross-attention prefix options (cross_attn, gate_add, relu) do not batch here: the bank serves
+    each such task's rows in a forward of their own, where this is that task's own prefix site. In the
+    forwards of other tasks it is an empty `concat` prefix (no extra keys)."""
+
+    batched = False
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.only_task(), name)  # separate_query, capture, query_ln ... of the task's site
+
+    @property
+    def option(self) -> str:
+        site = self.only_task()
+        return site.option if site is not None else "concat"
+
+    @property
+    def composition(self) -> str:
+        site = self.only_task()
+        return site.composition if site is not None else "add"
+
+    def key_value(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype):
+        site = self.only_task()
+        return site.key_value(batch, heads, head_dim, dtype) if site is not None else \
+            super().key_value(batch, heads, head_dim, dtype)
+
+    def prefix_bias(self, batch: int, length: int, dtype: torch.dtype):
+        return None if self.only_task() is not None else super().prefix_bias(batch, length, dtype)
+
+    def bind_capture(self, capture) -> None:
+        """The bank's capture of the attention input, which the cross-attention options read their query from."""
+        for site in self.parts.values():
+            site.capture = capture
 
 
 @register_method("attn_mode", "prefix")
@@ -45,6 +112,12 @@ class Prefix(Method):
                     capture=host.capture(site.module) if needs_query else None, fast_dropout=host.fast_cpu_dropout)
                 self.register(f"{key}_site{index}", prefix_site)
                 object.__setattr__(site.module, prefix_attention.PREFIX_ATTR, prefix_site)
+                if cfg.attn_option == "concat":
+                    self.part(PrefixOp, site.paths["module"], "prefix", prefix_site)
+                else:  # the cross-attention options keep their own softmax and query: served one task at a time
+                    self.part(GroupedPrefixOp, site.paths["module"], "prefix", prefix_site,
+                              capture=site.paths["module"] if needs_query else None,
+                              signature=(cfg.attn_option, cfg.attn_composition))
                 self.attention_modules.append(site.module)
         self.original_attention = prefix_attention.enable_prefix_attention(
             host.model, self.attention_modules, host.sites.family.manual_attention, host.fast_cpu_dropout)
@@ -58,3 +131,4 @@ class Prefix(Method):
             prefix_attention.disable_prefix_attention(self.host.model, self.attention_modules, self.original_attention,
                                                       self.host.sites.family.manual_attention)
             self.attention_modules = []
+

@@ -11,9 +11,49 @@ from __future__ import annotations
 import torch
 
 from ..forms import PromptEmbedding
+from ..mixing import MixedOp, pad_to
 from ..registry import register_method
 from ..sites import head_table
 from .base import Method
+
+
+class PromptOp(MixedOp):
+    """Prompts of many tasks in one batch: each row becomes [its task's prompt, its tokens, padding], so
+    its tokens keep the positions 0 + l_t ... they have in its single-task model, and the head's first
+    position is its own prompt's first (or its [CLS] where the task has no prompt). Prompts of different
+    lengths leave masked padding at the end of the row. Only for heads that read the first position
+    (the bank serves classification and regression heads)."""
+
+    def prepare_inputs(self, kwargs: dict, embed) -> dict:
+        if not self.active_tasks():
+            return kwargs  # no prompt in this batch
+        kwargs = dict(kwargs)
+        embeds = embed(kwargs.pop("input_ids"))
+        rows, length, width = embeds.shape
+        prompts = {t: self.parts[t].embedding.to(embeds.dtype) for t in self.active_tasks()}
+        longest = max(p.shape[0] for p in prompts.values())
+        zero = embeds.new_zeros(longest, width)
+        stacked = torch.stack([pad_to(prompts[t], (longest, width)) if t in prompts else zero
+                               for t in self.routing.present])[self.routing.slot]
+        lengths = torch.tensor([prompts[t].shape[0] if t in prompts else 0 for t in self.routing.present],
+                               device=embeds.device)[self.routing.slot]
+        # Position j of a row reads prompt position j (j < l_t), else token j - l_t, else padding.
+        position = torch.arange(longest + length, device=embeds.device)[None].expand(rows, -1)
+        in_prompt = position < lengths[:, None]
+        token = (position - lengths[:, None]).clamp(0, length - 1)
+        in_tokens = ~in_prompt & (position - lengths[:, None] < length)
+        prompt_index = position.clamp(max=longest - 1)
+        gathered_prompt = stacked.gather(1, prompt_index[..., None].expand(-1, -1, width))
+        gathered_tokens = embeds.gather(1, token[..., None].expand(-1, -1, width))
+        kwargs["inputs_embeds"] = torch.where(in_prompt[..., None], gathered_prompt,
+                                              gathered_tokens * in_tokens[..., None].to(embeds.dtype))
+        mask = kwargs.get("attention_mask")
+        mask = torch.ones(rows, length, dtype=torch.long, device=embeds.device) if mask is None else mask
+        kwargs["attention_mask"] = torch.where(in_prompt, 1, mask.gather(1, token) * in_tokens).to(mask.dtype)
+        if kwargs.get("token_type_ids") is not None:
+            types = kwargs["token_type_ids"]
+            kwargs["token_type_ids"] = torch.where(in_tokens, types.gather(1, token), 0).to(types.dtype)
+        return kwargs
 
 
 @register_method("attn_mode", "prompt_tuning")
@@ -23,6 +63,7 @@ class PromptTuning(Method):
     def attach(self) -> None:
         embed_dim = self.host.model.get_input_embeddings().embedding_dim
         self.register("prompt", PromptEmbedding(self.config.attn_bn, embed_dim))
+        self.part(PromptOp, "", "prompt", self.host.methods["prompt"])
         if head_table(self.host.model).per_position_outputs:
             self.host.add_hook(self.host.model.base_model.register_forward_hook(self._drop_prompt_positions))
 

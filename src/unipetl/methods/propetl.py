@@ -9,8 +9,11 @@ OR-ed with the layer's (`sources.TaskContext`).
 
 from __future__ import annotations
 
+import hashlib
+
 from torch import nn
 
+from ..errors import ConfigError
 from ..forms import OwnedParams
 from ..registry import register_source
 from ..sources import MaskedPrefix, MaskedPrototype, MaskedView, TaskContext, _Masked
@@ -77,6 +80,37 @@ class MaskedPrototypeSource(ParameterSource):
                 module.freeze()
         self.frozen = True
         return self.host
+
+    # ------------------------------------------------------------------ mixed-task batches
+    def mixed_parts(self):
+        """The forms' parts carry this source; for a task bank its frozen masks stay packed bits, unpacked
+        when a batch uses them (no dense masked weight is kept per task)."""
+        if not self.frozen:
+            raise ConfigError("a ProPETL model serves mixed batches with its masks frozen as bits; call freeze_masks() "
+                              "first (a saved task module loads that way)")
+        for module in self.host.methods.modules():
+            if isinstance(module, MaskedView):
+                module.keep_as_bits()
+            if isinstance(module, MaskedPrototype):
+                module._materialized.clear()
+        return []
+
+    def share_across_tasks(self, cache: dict) -> None:
+        """Tasks of one ProPETL-m family (or one prototype) hold their shared prototype once."""
+        for key in [k for k in self.keys if k.startswith("prototype_")]:
+            mine = self.host.methods[key]
+            digest = hashlib.sha256()
+            for name, tensor in sorted(mine.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            shared = cache.setdefault(("propetl", key, digest.hexdigest()), mine)
+            if shared is mine:
+                continue
+            for module in self.host.methods.modules():
+                for attribute in ("prototype", "generator"):  # MaskedPrototype, MaskedPrefix
+                    if getattr(module, attribute, None) is mine:
+                        object.__setattr__(module, attribute, shared)
+            self.host.methods[key] = shared
 
     # ------------------------------------------------------------------ storage
     def _masked_modules(self) -> dict[str, _Masked]:

@@ -1,0 +1,453 @@
+"""`TaskBank`: one frozen backbone, many task modules, batches that mix tasks row by row.
+
+Interface (the server and the CLI build on exactly this):
+
+    bank = TaskBank(model=None, max_length=None)
+        model: backbone path or hub name; None: the model recorded in the first module added
+        (else the embedded MiniLM). max_length: tokens per input; None: the largest max_length
+        recorded by the modules loaded (128 when none records one).
+    bank.add(directory, name=None) -> dict
+        Load a task module; name defaults to the directory's name. Returns its description
+        (as in tasks()). Raises ConfigError (name already loaded, or a method/head the bank cannot
+        serve), ModuleFormatError (not a module, trained on another backbone: the fingerprint reason),
+        DataError. Nothing changes in the bank when it raises.
+    bank.remove(name) -> None
+        Unload a task. Raises UnknownTaskError naming the loaded tasks.
+    bank.tasks() -> dict[str, dict]
+        name -> {"task": task name in the module header, "kind": "classification" | "regression",
+                 "labels": list of label names or None, "method": preset, "directory": str,
+                 "stored_bytes": int}
+    bank.predict(records, on_error="raise") -> list[dict]
+        records: [{"task": NAME, ...inputs}], inputs in the single-module `unipetl predict` layout
+        ("text"/"text_pair", "texts", or the task's own fields). Output per record, in order:
+        {"task": NAME, "prediction": ..., "probabilities": {...}} (classification) or
+        {"task": NAME, "prediction": float} (regression), plus "truncated": true when the input
+        had more tokens than max_length (it is truncated, never refused).
+        on_error="raise": the first bad record raises UnknownTaskError (unknown task, naming the
+        loaded ones) or DataError (malformed record: its index and field). on_error="return": a bad
+        record's place in the list holds the exception instead, and the other records are served.
+    bank.max_length -> int
+    bank.lock: threading.RLock held by add/remove/predict (they are safe to call from several threads).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import weakref
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
+from .. import first_position
+from .. import attention as prefix_attention
+from ..encoding import collator_for, encode
+from ..errors import ConfigError, DataError, ModuleFormatError, UnknownTaskError
+from ..insertion import InputCapture, set_module
+from ..mixing import Installed, LinearDeltaOp, MixedLinear, MixedOp, MixedPfeifferLayerNorm, Part, Routing
+from ..module_format import HEADER_FILE, WEIGHTS_FILE
+from ..predict import examples_from_row, format_prediction
+from ..sites import resolve_sites
+from ..storage import load_petl_model, read_module
+from ..taskio import task_io_from_header
+from ..taskio.classification import ClassificationIO
+
+DEFAULT_MAX_LENGTH = 128
+MAX_BATCH_ROWS = 64  # rows per forward; a longer request list is served in several
+
+
+class _Precomputed(nn.Module):
+    """Stands in for the backbone inside a task's own model, so that its head runs on outputs computed
+    for the whole mixed batch (the head's own code: pooler output, dropout, dense layers)."""
+
+    def __init__(self):
+        super().__init__()
+        self.outputs = None
+
+    def forward(self, *args, **kwargs):
+        return self.outputs
+
+
+@dataclass
+class TaskEntry:
+    name: str
+    directory: str
+    spec: Any  # the task's TaskSpec (label names, kind)
+    head: nn.Module  # the task's own model object, its backbone replaced by a _Precomputed
+    parts: list[Part]
+    max_length: int
+    description: dict
+    grouped: bool  # a part does not batch across tasks: served in forwards of its own
+
+    @property
+    def stub(self) -> "_Precomputed":
+        return getattr(self.head, self.head.base_model_prefix)
+
+
+class TaskBank:
+    """One frozen backbone and many task modules; forwards over batches that mix tasks row by row."""
+
+    def __init__(self, model: str | nn.Module | None = None, *, tokenizer=None, max_length: int | None = None):
+        self.lock = threading.RLock()
+        self.entries: dict[str, TaskEntry] = {}
+        self.routing = Routing()
+        self.installed = Installed()
+        self.prompt_ops: list[MixedOp] = []
+        self.shared = weakref.WeakValueDictionary()  # what tasks share (a ProPETL prototype), held once
+        self.max_length_override = max_length
+        self.host: nn.Module | None = None  # the backbone, inside a model whose module paths the parts use
+        self.tokenizer = tokenizer
+        self.model_name = None
+        if isinstance(model, nn.Module):
+            self._set_host(model.eval())
+        else:
+            self.model_name = model
+
+    # ------------------------------------------------------------------ tasks
+    @property
+    def max_length(self) -> int:
+        if self.max_length_override is not None:
+            return self.max_length_override
+        return max((e.max_length for e in self.entries.values()), default=DEFAULT_MAX_LENGTH)
+
+    def tasks(self) -> dict[str, dict]:
+        with self.lock:
+            return {name: dict(entry.description) for name, entry in self.entries.items()}
+
+    def add(self, directory, name: str | None = None) -> dict:
+        """Load the task module in ``directory`` as task ``name`` (default: the directory's name)."""
+        directory = str(directory)
+        name = name or Path(directory).resolve().name
+        with self.lock:
+            if name in self.entries:
+                raise ConfigError(f"task name {name!r} is already loaded (from {self.entries[name].directory}); "
+                                  f"choose another with NAME=DIR")
+            header, _ = read_module(directory)
+            info = header.get("task") or {}
+            if "name" not in info:
+                raise ModuleFormatError(f"{directory}: the module header names no task; it was not written by "
+                                        f"`unipetl train`")
+            io = task_io_from_header(info)
+            architecture = header["backbone"].get("architecture", "")
+            if not isinstance(io, ClassificationIO) or io.kind not in ("classification", "regression") or \
+                    not architecture.endswith("ForSequenceClassification"):
+                raise ConfigError(f"{directory}: a task bank serves classification and regression modules with a "
+                                  f"sequence-classification head; this is a {info.get('kind')!r} task on a "
+                                  f"{architecture or 'unknown'} model")
+            if self.host is None:
+                self._load_backbone(self.model_name or info.get("model"))
+            head = self._head_model(header)
+            self._uninstall()  # a pristine backbone: the fingerprint check and the module's own attach need it
+            try:
+                petl = load_petl_model(head, directory).eval()  # refuses another backbone by its fingerprint
+                try:
+                    parts = []
+                    for plugin in petl.plugins:
+                        plugin.share_across_tasks(self.shared)
+                        parts += plugin.mixed_parts()
+                    parts += self._pooler_parts(petl)
+                finally:
+                    petl.unload()
+            except BaseException:
+                self._install()  # the bank as it was
+                raise
+            setattr(head, head.base_model_prefix, _Precomputed())  # the head alone from now on
+            entry = TaskEntry(name, directory, io.spec, head, parts, int(info.get("max_length", DEFAULT_MAX_LENGTH)),
+                              self._describe(header, io, directory), any(not p.op.batched for p in parts))
+            self.entries[name] = entry
+            try:
+                self._install()
+            except BaseException:
+                self._uninstall()
+                del self.entries[name]
+                self._install()
+                raise
+            return dict(entry.description)
+
+    def remove(self, name: str) -> None:
+        with self.lock:
+            self._entry(name)
+            self._uninstall()
+            del self.entries[name]
+            self._install()
+
+    def _entry(self, name, where: str = "") -> TaskEntry:
+        entry = self.entries.get(name) if isinstance(name, str) else None
+        if entry is None:
+            known = ", ".join(sorted(self.entries)) or "none"
+            raise UnknownTaskError(f"{where}unknown task {name!r}; loaded tasks: {known}")
+        return entry
+
+    # ------------------------------------------------------------------ serving
+    @torch.no_grad()
+    def predict(self, records: list, on_error: str = "raise") -> list:
+        """One output per record (see the module docstring); ``on_error``: "raise" or "return"."""
+        if on_error not in ("raise", "return"):
+            raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
+        with self.lock:
+            outputs: list = [None] * len(records)
+            pending: dict[str, list] = {}  # task -> [(record index, example)]
+            for i, record in enumerate(records):
+                try:
+                    entry, example = self._parse(i, record)
+                except (UnknownTaskError, DataError) as err:
+                    if on_error == "raise":
+                        raise
+                    outputs[i] = err
+                    continue
+                pending.setdefault(entry.name, []).append((i, example))
+            rows = []  # (record index, task, features, truncated)
+            for task, items in pending.items():
+                entry = self.entries[task]
+                length = self.max_length_override or entry.max_length
+                features = encode([ex for _, ex in items], entry.spec, self.tokenizer, "classify", length)
+                for (i, example), feature in zip(items, features.features):
+                    feature.pop("labels", None)
+                    rows.append((i, task, feature, self._untruncated_length(example) > length))
+            collate = collator_for("classify", self.tokenizer)
+            for start in range(0, len(rows), MAX_BATCH_ROWS):
+                chunk = rows[start:start + MAX_BATCH_ROWS]
+                batch = collate([feature for _, _, feature, _ in chunk])
+                logits = self.forward(dict(batch), [task for _, task, _, _ in chunk])
+                for (i, task, _, truncated), row in zip(chunk, logits):
+                    outputs[i] = {"task": task, **format_prediction(self.entries[task].spec, row)}
+                    if truncated:
+                        outputs[i]["truncated"] = True
+            return outputs
+
+    def _parse(self, i: int, record):
+        where = f"record {i}: "
+        if not isinstance(record, dict):
+            raise DataError(f"{where}expected an object with a 'task' field, got {type(record).__name__}")
+        if not isinstance(record.get("task"), str):
+            raise DataError(f"{where}'task' must be the name of a loaded task (a string), got {record.get('task')!r}")
+        entry = self._entry(record["task"], where)
+        inputs = {k: v for k, v in record.items() if k != "task"}
+        examples = examples_from_row(inputs, entry.spec, f"record {i}")
+        if len(examples) != 1:
+            raise DataError(f"{where}gives {len(examples)} inputs for task {entry.spec.name!r}; expected one")
+        return entry, examples[0]
+
+    def _untruncated_length(self, example) -> int:
+        texts = example.texts
+        encoded = self.tokenizer(texts[0], texts[1] if len(texts) > 1 else None, truncation=False, verbose=False)
+        return len(encoded["input_ids"])
+
+    @torch.no_grad()
+    def forward(self, inputs: dict, row_tasks: list[str]) -> list[torch.Tensor]:
+        """Each row's logits in its own task's label space. Rows of tasks whose parts do not batch are served
+        in forwards of their own, one task each; all other rows in one forward."""
+        with self.lock:
+            for task in set(row_tasks):
+                self._entry(task)
+            grouped = {t for t in row_tasks if self.entries[t].grouped}
+            groups = [[i for i, t in enumerate(row_tasks) if t not in grouped]]
+            groups += [[i for i, t in enumerate(row_tasks) if t == g] for g in sorted(grouped)]
+            logits: list = [None] * len(row_tasks)
+            for rows in [g for g in groups if g]:
+                index = torch.tensor(rows)
+                sub = {k: v[index] for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+                for i, row_logits in zip(rows, self._forward_rows(sub, [row_tasks[i] for i in rows])):
+                    logits[i] = row_logits
+            return logits
+
+    def _forward_rows(self, inputs: dict, row_tasks: list[str]) -> list[torch.Tensor]:
+        device = next(self.base.parameters()).device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        self.routing.route(row_tasks, device)
+        kwargs = dict(inputs)
+        for op in self.prompt_ops:
+            kwargs = op.prepare_inputs(kwargs, self.base.get_input_embeddings())
+        context = first_position.first_position_only(self.host, self.sites, kwargs) if all(
+            first_position.applies(self.entries[t].head, self.sites, kwargs) for t in self.routing.present) else nullcontext()
+        try:
+            with context:
+                outputs = self.base(**kwargs)
+        finally:
+            self.routing.slot = None
+        hidden, pooled = outputs.last_hidden_state, getattr(outputs, "pooler_output", None)
+        slots = torch.tensor([self.routing.present.index(t) for t in row_tasks], device=device)
+        logits: list = [None] * len(row_tasks)
+        for i, task in enumerate(self.routing.present):
+            rows = (slots == i).nonzero().squeeze(1)
+            entry = self.entries[task]
+            entry.stub.outputs = BaseModelOutputWithPoolingAndCrossAttentions(
+                last_hidden_state=hidden[rows], pooler_output=None if pooled is None else pooled[rows])
+            try:
+                task_logits = entry.head().logits
+            finally:
+                entry.stub.outputs = None
+            for row, value in zip(rows.tolist(), task_logits):
+                logits[row] = value
+        return logits
+
+    # ------------------------------------------------------------------ loading
+    def _load_backbone(self, name_or_path: str | None) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from ..backbone import load_model_config, quiet_transformers
+
+        quiet_transformers()
+        path, _ = load_model_config(name_or_path)
+        self.model_name = path
+        self._set_host(AutoModelForSequenceClassification.from_pretrained(path).eval())
+        if self.tokenizer is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def _set_host(self, model: nn.Module) -> None:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        self.host, self.base = model, model.base_model
+        self.sites = resolve_sites(model)
+
+    def _head_model(self, header: dict) -> nn.Module:
+        """The task's own model class with the bank's backbone in it; its head is filled by loading the module."""
+        import transformers
+
+        architecture = header["backbone"]["architecture"]
+        cls = getattr(transformers, architecture, None)
+        if cls is None:
+            raise ModuleFormatError(f"the module's head class {architecture!r} is not in this transformers")
+        config = copy.deepcopy(self.host.config)
+        config.num_labels = int(header["backbone"].get("num_labels", config.num_labels))
+        if (header.get("task") or {}).get("kind") == "regression":
+            config.problem_type = "regression"
+        with torch.device("meta"):
+            model = cls(config)
+        if model.base_model_prefix != self.host.base_model_prefix or type(model.base_model) is not type(self.base):
+            raise ModuleFormatError(f"the module was trained on a {architecture}; this bank's backbone is a "
+                                    f"{type(self.host).__name__}")
+        setattr(model, model.base_model_prefix, self.base)
+        device = next(self.base.parameters()).device
+        for name, child in model.named_children():
+            if child is not self.base:
+                child.to_empty(device=device)
+                for module in child.modules():
+                    model._init_weights(module)  # overwritten by the module's head; defined if it stores none
+        return model.eval()
+
+    @staticmethod
+    def _pooler_parts(petl) -> list[Part]:
+        """A pooler trained with the head: its change from the backbone's, as a per-row delta."""
+        by_module: dict[str, dict] = {}
+        for name, delta in petl.pooler_deltas().items():
+            path, _, parameter = name.rpartition(".")
+            by_module.setdefault(path, {})[parameter] = delta.clone()
+        return [Part(LinearDeltaOp, path, "hook", {"bias": delta.get("bias", delta["weight"].new_zeros(delta["weight"].shape[0])),
+                                                   "weight": delta["weight"]})
+                for path, delta in by_module.items()]
+
+    @staticmethod
+    def _describe(header: dict, io, directory: str) -> dict:
+        stored = sum((Path(directory) / name).stat().st_size for name in (HEADER_FILE, WEIGHTS_FILE))
+        return {"task": io.spec.name, "kind": io.kind,
+                "labels": list(io.spec.label_names) if io.kind == "classification" else None,
+                "method": header["config"].get("preset") or "custom", "directory": directory, "stored_bytes": stored}
+
+    # ------------------------------------------------------------------ the ops at their sites
+    def _install(self) -> None:
+        """Group every task's parts into ops and put them at their sites in the backbone."""
+        if self.host is None:
+            return
+        ops: dict[tuple, MixedOp] = {}
+        for name, entry in self.entries.items():
+            for part in entry.parts:
+                key = (part.op, part.site, part.role, part.capture, part.signature)
+                if key not in ops:
+                    ops[key] = part.op(self.routing, part.site, part.role, part.signature)
+                ops[key].add(name, part.payload)
+        captures: dict[str, InputCapture] = {}
+
+        def capture(path):
+            if path not in captures:
+                captures[path] = InputCapture(self._original(path))
+                self.installed.handles.append(captures[path])
+            return captures[path]
+
+        hooks = [(key, op) for key, op in ops.items() if key[2] == "hook"]
+        for (_, site, _, _, _), op in hooks:  # on the original modules, before any is wrapped
+            self.installed.handles.append(self._original(site).register_forward_hook(_idle_aware(op)))
+        prefix_modules = []
+        for (_, site, role, capture_path, _), op in ops.items():
+            if role == "lora":
+                self._linear(site).lowrank.append(op)
+            elif role == "input":
+                self._linear(site).inputs.append((op, capture(capture_path)))
+            elif role.startswith("output:"):
+                self._linear(site).outputs.append((op, role.partition(":")[2], capture(capture_path) if capture_path else None))
+            elif role == "pfeiffer":
+                self._pfeiffer(site).ops.append(op)
+            elif role == "prefix":
+                module = self.host.get_submodule(site)
+                current = getattr(module, prefix_attention.PREFIX_ATTR, None)
+                object.__setattr__(module, prefix_attention.PREFIX_ATTR, _ActivePrefix(current.ops + [op]) if current else
+                                   _ActivePrefix([op]))
+                if module not in prefix_modules:
+                    prefix_modules.append(module)
+                if capture_path:
+                    op.bind_capture(capture(capture_path))
+            elif role == "prompt":
+                self.prompt_ops.append(op)
+            elif role != "hook":
+                raise ConfigError(f"a method gave a part with role {role!r}, which a task bank cannot place")
+        if prefix_modules:
+            self.installed.prefix = (prefix_modules, prefix_attention.enable_prefix_attention(
+                self.base, prefix_modules, self.sites.family.manual_attention))
+
+    def _uninstall(self) -> None:
+        if self.host is None:
+            return
+        for path, original in self.installed.replaced.items():
+            set_module(self.host, path, original)
+        for handle in self.installed.handles:
+            handle.remove()
+        if self.installed.prefix is not None:
+            modules, original = self.installed.prefix
+            prefix_attention.disable_prefix_attention(self.base, modules, original, self.sites.family.manual_attention)
+        self.installed = Installed()
+        self.prompt_ops = []
+
+    def _original(self, path: str) -> nn.Module:
+        return self.installed.replaced.get(path) or self.host.get_submodule(path)
+
+    def _linear(self, path: str) -> MixedLinear:
+        current = self.host.get_submodule(path)
+        if isinstance(current, MixedLinear):
+            return current
+        wrapper = MixedLinear(current)
+        self.installed.replaced[path] = current
+        set_module(self.host, path, wrapper)
+        return wrapper
+
+    def _pfeiffer(self, path: str) -> MixedPfeifferLayerNorm:
+        current = self.host.get_submodule(path)
+        if isinstance(current, MixedPfeifferLayerNorm):
+            return current
+        wrapper = MixedPfeifferLayerNorm(current)
+        self.installed.replaced[path] = current
+        set_module(self.host, path, wrapper)
+        return wrapper
+
+
+class _ActivePrefix:
+    """The prefix site of one attention module holding several prefix ops (a batched `concat` one, and
+    fallback ones served task by task): the op with rows in this forward (at most one has)."""
+
+    def __init__(self, ops: list[MixedOp]):
+        self.ops = ops
+
+    def __getattr__(self, name: str):
+        active = next((op for op in self.ops if not op.idle), self.ops[0])
+        return getattr(active, name)
+
+
+def _idle_aware(op: MixedOp):
+    """The op's forward hook, skipped when no row of the batch has a part there."""
+    def hook(module, args, output):
+        return output if op.idle else op.hook(module, args, output)
+    return hook
