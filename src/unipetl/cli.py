@@ -1,4 +1,4 @@
-"""The `unipetl` command line: train, transfer, evaluate, predict, methods, report, bench, tasks.
+"""The `unipetl` command line: train, transfer, evaluate, predict, serve, methods, report, bench, tasks.
 
 Every refusal is one line on stderr naming the file, field or value at fault, with exit status 2.
 """
@@ -6,6 +6,7 @@ Every refusal is one line on stderr naming the file, field or value at fault, wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -131,10 +132,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     predict = sub.add_parser("predict", help="one prediction per input line of a JSONL file")
-    predict.add_argument("--module", required=True)
-    predict.add_argument("--input", required=True, help="JSONL: each line an object with the task's text fields, or 'text'/'text_pair'")
+    which = predict.add_mutually_exclusive_group(required=True)
+    which.add_argument("--module", help="one task module: every line is for its task")
+    which.add_argument("--modules", nargs="+", metavar="[NAME=]DIR",
+                       help="several task modules on one backbone; each line names its module with \"task\": NAME "
+                            "(NAME defaults to the folder's name)")
+    predict.add_argument("--input", required=True, help="JSONL: each line an object with the task's text fields, or "
+                                                        "'text'/'text_pair' (with --modules, plus \"task\": NAME)")
     predict.add_argument("--output", help="write JSONL here instead of stdout")
     predict.add_argument("--model")
+
+    serve = sub.add_parser("serve", help="an HTTP server for many task modules on one backbone (mixed-task batches)")
+    serve.add_argument("--modules", nargs="+", required=True, metavar="[NAME=]DIR",
+                       help="task modules to load; NAME (default: the folder's name) is the \"task\" of requests")
+    serve.add_argument("--model", help="the backbone (default: the one named in the first module)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on (default 127.0.0.1; POST /v1/tasks loads any folder the server "
+                            "can read, so expose it only to trusted clients)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch-size", type=int, default=32, help="rows per model batch (default 32)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="how long a request may wait for others to share its batch (default 5)")
+    serve.add_argument("--max-length", type=int, help="tokens per input (default: the largest the modules recorded); "
+                                                      "longer inputs are truncated and flagged \"truncated\": true")
 
     methods = sub.add_parser("methods", help="every preset with its trainable parameters and stored bytes")
     methods.add_argument("--model")
@@ -331,9 +351,115 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    if args.modules:
+        return _predict_mixed(module_specs(args.modules), args.input, args.output, args.model)
     from .training import predict_file
 
     predict_file(args.module, args.input, args.output, args.model)
+    return 0
+
+
+def module_specs(specs: list[str]) -> dict[str, str]:
+    """--modules [NAME=]DIR ... as {name: directory}; a repeated name is refused before anything loads."""
+    from .errors import ConfigError
+    from .serving.bank import default_task_name
+
+    modules: dict[str, str] = {}
+    for spec in specs:
+        name, sep, directory = spec.partition("=")
+        if not sep or "/" in name or not name:  # a path that holds '=' but names no task
+            name, directory = default_task_name(spec), spec
+        if not Path(directory).is_dir():
+            raise ConfigError(f"--modules {spec}: {directory} is not a directory (expected a task module folder)")
+        if name in modules:
+            raise ConfigError(f"--modules: task name {name!r} is given twice ({modules[name]} and {directory}); "
+                              f"name them apart with NAME=DIR")
+        modules[name] = directory
+    return modules
+
+
+MIXED_CHUNK_ROWS = 1024  # lines per bank.predict call: memory stays flat on long files
+
+
+def _predict_mixed(modules: dict[str, str], input_path: str, output_path: str | None, model: str | None) -> int:
+    """`predict --modules`: one output line per input line, in order; nothing is written if any line fails."""
+    import re
+
+    from .errors import DataError
+    from .tasks.textfiles import jsonl_records
+
+    from .serving.batcher import check_record
+
+    rows = list(jsonl_records(input_path))
+    for line, row in rows:  # every line's task and field types checked before the backbone loads
+        check_record(row, f"{input_path}: line {line}")
+        if row["task"] not in modules:
+            raise DataError(f"{input_path}: line {line}: unknown task {row['task']!r}; expected the NAME of one of "
+                            f"--modules: {', '.join(modules)}")
+    from .serving.bank import TaskBank
+
+    bank = TaskBank(model)
+    for name, directory in modules.items():
+        bank.add(directory, name)
+    lines = []
+    for start in range(0, len(rows), MIXED_CHUNK_ROWS):
+        chunk = rows[start:start + MIXED_CHUNK_ROWS]
+        for (line, _), output in zip(chunk, bank.predict([row for _, row in chunk], on_error="return")):
+            if isinstance(output, Exception):  # the bank counts records within its call: name the line instead
+                raise DataError(f"{input_path}: line {line}: {re.sub(r'^record [0-9]+:? ?', '', str(output))}")
+            lines.append(json.dumps(output) + "\n")
+    if output_path:
+        _write_text_atomically(Path(output_path), "".join(lines))
+    else:
+        sys.stdout.write("".join(lines))
+    return 0
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    """Write beside ``path``, then rename over it: ``path`` holds its old content or all of the new."""
+    import os
+
+    from .errors import DataError
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(f"--output {path}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def cmd_serve(args) -> int:
+    from .errors import ConfigError
+    from .extras import optional_import
+
+    if args.max_batch_size < 1:
+        raise ConfigError(f"--max-batch-size={args.max_batch_size} must be a positive integer")
+    if not args.max_wait_ms >= 0:
+        raise ConfigError(f"--max-wait-ms={args.max_wait_ms} must be zero or more")
+    if args.max_length is not None and args.max_length < 1:
+        raise ConfigError(f"--max-length={args.max_length} must be a positive integer")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port={args.port} must be between 0 and 65535")
+    modules = module_specs(args.modules)
+    for package in ("fastapi", "uvicorn", "prometheus_client"):  # before minutes of loading
+        optional_import(package, "serve", "unipetl serve")
+    import uvicorn
+
+    from .serving.bank import TaskBank
+    from .serving.server import create_app
+
+    bank = TaskBank(args.model, max_length=args.max_length)
+    for name, directory in modules.items():
+        bank.add(directory, name)
+        print(f"loaded {name} from {directory}", file=sys.stderr)
+    app = create_app(bank, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms)
+    print(f"serving {len(modules)} task(s) on http://{args.host}:{args.port} (POST /v1/predict; GET /health, "
+          f"/v1/tasks, /metrics); Ctrl-C stops", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -421,7 +547,7 @@ def cmd_tasks(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "transfer": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "methods": cmd_methods, "report": cmd_report, "bench": cmd_bench, "tasks": cmd_tasks}
+            "methods": cmd_methods, "report": cmd_report, "bench": cmd_bench, "tasks": cmd_tasks, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

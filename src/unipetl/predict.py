@@ -30,14 +30,27 @@ def examples_from_row(row: dict, spec, where: str) -> list[Example]:
         texts = row["texts"] if "texts" in row else [row["text"]] + ([row["text_pair"]] if "text_pair" in row else [])
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise DataError(f"{where}: 'texts' must be a non-empty list of strings (or give 'text' and 'text_pair' as strings)")
-        return [Example(tuple(texts), 0)]
-    try:
-        return build_examples(spec, [{"label": 0, **row}])
-    except KeyError as err:
-        raise DataError(f"{where}: missing field {err.args[0]!r} (give 'text'/'text_pair', 'texts', "
-                        f"or the task's own fields)") from None
-    except (TypeError, AttributeError, ValueError) as err:
-        raise DataError(f"{where}: a field of the wrong type for task {spec.name!r}: {err}") from None
+        examples = [Example(tuple(texts), 0)]
+    else:
+        try:
+            examples = build_examples(spec, [{"label": 0, **row}])
+        except KeyError as err:
+            raise DataError(f"{where}: missing field {err.args[0]!r} (give 'text'/'text_pair', 'texts', "
+                            f"or the task's own fields)") from None
+        except (TypeError, AttributeError, ValueError) as err:
+            raise DataError(f"{where}: a field of the wrong type for task {spec.name!r}: {err}") from None
+    for example in examples:  # what reaches the tokenizer must be text, or it fails the whole batch
+        segments = [example.texts] if example.texts else list(example.choices or [])
+        for text in (t for segment in segments for t in segment):
+            field = next((repr(k) for k, v in row.items() if v is text), "a text field")
+            if not isinstance(text, str):
+                raise DataError(f"{where}: field {field} must be a string, got {type(text).__name__}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataError(f"{where}: field {field} holds a lone surrogate (\\ud800-\\udfff); expected valid "
+                                f"Unicode text") from None
+    return examples
 
 
 def format_prediction(spec, row: torch.Tensor) -> dict:

@@ -124,8 +124,9 @@ class ScaledMixtureOp(MixedOp):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sources = next(iter(self.parts.values())).sources
         hidden = sources.hidden(rows_of(x, self.routing.rows))  # (rows, tokens, sum of ranks)
-        up = self.per_row(lambda mixture: mixture.scaled_up()[0])
-        bias = self.per_row(lambda mixture: mixture.scaled_up()[1])
+        scaled = {t: self.parts[t].scaled_up() for t in self.active_tasks()}  # once per task and forward
+        up = self.rows_from({t: value[0] for t, value in scaled.items()})
+        bias = self.rows_from({t: value[1] for t, value in scaled.items()})
         return torch.baddbmm(bias[:, None], hidden, up.transpose(1, 2)).view(*x.shape[:-1], up.shape[1])
 
 

@@ -33,9 +33,12 @@ class PrefixOp(MixedOp):
         shape = (batch, length, heads, head_dim)
         return keys.reshape(shape).transpose(1, 2), values.reshape(shape).transpose(1, 2)
 
-    def prefix_bias(self, batch: int, length: int, dtype: torch.dtype) -> torch.Tensor:
-        """(rows, 1, 1, length): 0 on each row's own prefix positions, the dtype's minimum elsewhere."""
+    def prefix_bias(self, batch: int, length: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """(rows, 1, 1, length): 0 on each row's own prefix positions, the dtype's minimum elsewhere; None
+        when every row has a prefix of the full length (no mask: SDPA keeps its fastest path)."""
         lengths = self._lengths[self.routing.slot]
+        if bool((lengths == length).all()):
+            return None
         keep = torch.arange(length, device=lengths.device)[None] < lengths[:, None]
         bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
         return bias[:, None, None]

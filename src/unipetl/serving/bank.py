@@ -7,7 +7,8 @@ Interface (the server and the CLI build on exactly this):
         (else the embedded MiniLM). max_length: tokens per input; None: the largest max_length
         recorded by the modules loaded (128 when none records one).
     bank.add(directory, name=None) -> dict
-        Load a task module; name defaults to the directory's name. Returns its description
+        Load a task module; name defaults to the directory's name (the run folder's name for a
+        folder called "module", as `unipetl train` writes them). Returns its description
         (as in tasks()). Raises ConfigError (name already loaded, or a method/head the bank cannot
         serve), ModuleFormatError (not a module, trained on another backbone: the fingerprint reason),
         DataError. Nothing changes in the bank when it raises.
@@ -26,6 +27,7 @@ Interface (the server and the CLI build on exactly this):
         on_error="raise": the first bad record raises UnknownTaskError (unknown task, naming the
         loaded ones) or DataError (malformed record: its index and field). on_error="return": a bad
         record's place in the list holds the exception instead, and the other records are served.
+        Either way the exception's ``record`` attribute is the record's index.
     bank.max_length -> int
     bank.lock: threading.RLock held by add/remove/predict (they are safe to call from several threads).
 """
@@ -59,6 +61,13 @@ from ..taskio.classification import ClassificationIO
 
 DEFAULT_MAX_LENGTH = 128
 MAX_BATCH_ROWS = 64  # rows per forward; a longer request list is served in several
+
+
+def default_task_name(directory) -> str:
+    """A module's task name when none is given: its folder's name, or the run folder's for `unipetl train`'s
+    OUTPUT/module layout (every such module's folder is called "module")."""
+    path = Path(directory).resolve()
+    return path.parent.name if path.name == "module" and path.parent.name else path.name
 
 
 class _Precomputed(nn.Module):
@@ -122,7 +131,7 @@ class TaskBank:
     def add(self, directory, name: str | None = None) -> dict:
         """Load the task module in ``directory`` as task ``name`` (default: the directory's name)."""
         directory = str(directory)
-        name = name or Path(directory).resolve().name
+        name = name or default_task_name(directory)
         with self.lock:
             if name in self.entries:
                 raise ConfigError(f"task name {name!r} is already loaded (from {self.entries[name].directory}); "
@@ -183,6 +192,25 @@ class TaskBank:
             raise UnknownTaskError(f"{where}unknown task {name!r}; loaded tasks: {known}")
         return entry
 
+    def memory(self) -> dict:
+        """Bytes held: the backbone, and every tensor the loaded tasks hold (parts and heads; a tensor shared
+        by several tasks counted once), beside the sum of their modules' stored bytes."""
+        with self.lock:
+            backbone = {t.untyped_storage().data_ptr() for t in list(self.host.parameters()) + list(self.host.buffers())}
+            seen_objects, counted, per_task = {}, set(), {}
+            for name, entry in self.entries.items():
+                own = 0
+                for tensor in _tensors([entry.parts, entry.head], seen_objects):
+                    key = tensor.untyped_storage().data_ptr()
+                    if key in backbone or key in counted or tensor.device.type == "meta":
+                        continue
+                    counted.add(key)
+                    own += tensor.untyped_storage().nbytes()
+                per_task[name] = own
+            return {"backbone_bytes": sum(p.numel() * p.element_size() for p in self.host.parameters()),
+                    "tasks_held_bytes": sum(per_task.values()), "held_bytes_per_task": per_task,
+                    "stored_bytes": sum(e.description["stored_bytes"] for e in self.entries.values())}
+
     # ------------------------------------------------------------------ serving
     @torch.no_grad()
     def predict(self, records: list, on_error: str = "raise") -> list:
@@ -196,6 +224,7 @@ class TaskBank:
                 try:
                     entry, example = self._parse(i, record)
                 except (UnknownTaskError, DataError) as err:
+                    err.record = i  # the record's index in this call, for callers that number them otherwise
                     if on_error == "raise":
                         raise
                     outputs[i] = err
@@ -444,6 +473,26 @@ class _ActivePrefix:
     def __getattr__(self, name: str):
         active = next((op for op in self.ops if not op.idle), self.ops[0])
         return getattr(active, name)
+
+
+def _tensors(obj, seen: dict):
+    """Every tensor reachable from ``obj`` (modules, their attributes, dicts, lists, tuples), each once."""
+    if id(obj) in seen:
+        return
+    seen[id(obj)] = obj  # held, so that no id is reused by a later object while walking
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, nn.Module):
+        for value in [*obj._parameters.values(), *obj._buffers.values(), *obj._modules.values(), *vars(obj).values()]:
+            yield from _tensors(value, seen)
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value, seen)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value, seen)
+    elif isinstance(obj, Part):
+        yield from _tensors(obj.payload, seen)
 
 
 def _idle_aware(op: MixedOp):
