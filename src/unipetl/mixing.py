@@ -160,7 +160,7 @@ class MixedLinear(nn.Module):
         out = self.base(x)
         for op in self.lowrank:
             if not op.idle:
-                out = out + op(x)
+                out = op.add_into(out, x)  # in place: inference only (a task bank runs without gradients)
         for op, mode, capture in self.outputs:
             if op.idle:
                 continue

@@ -9,13 +9,15 @@ and values. merge() writes theta_pre + delta into the backbone.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
+import scipy.sparse
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diff import GatedDiff, SparseDiff, decode_indices, diff_layout, encode_indices, project_to_density
+from ..diff import GAP_ESCAPE, GatedDiff, SparseDiff, decode_indices, diff_layout, encode_indices, project_to_density
 from ..errors import ConfigError, ModuleFormatError
 from ..mixing import MixedOp, Part, rows_of
 from ..registry import register_method
@@ -127,7 +129,8 @@ class DiffPruning(Method):
     # ------------------------------------------------------------------ mixed-task batches
     def mixed_parts(self) -> list[Part]:
         """The sparse diff by backbone module: each part holds, per parameter of the module, the kept
-        entries' positions in it (int32) and their values; nothing dense is built per task."""
+        entries' positions in it as the module stores them (uint16 gaps) and their values, so a task bank
+        holds about the stored bytes; nothing dense is built per task."""
         if not isinstance(self.diff, SparseDiff):
             raise ConfigError("diff pruning serves its projected sparse diff; this model is still in its L0 stage "
                               "(call project() first)")
@@ -138,7 +141,7 @@ class DiffPruning(Method):
             lo, hi = (int(i) for i in torch.searchsorted(indices, torch.tensor([start, start + size])))
             if hi > lo:
                 path, _, parameter = name.rpartition(".")
-                by_module.setdefault(path, {})[parameter] = ((indices[lo:hi] - start).to(torch.int32), values[lo:hi].clone())
+                by_module.setdefault(path, {})[parameter] = (encode_indices(indices[lo:hi] - start), values[lo:hi].clone())
             start += size
         parts = []
         for path, entries in by_module.items():
@@ -169,54 +172,89 @@ def describe_projection(stats: dict) -> str:
 
 
 # ---------------------------------------------------------------------- mixed-task batches
-def _dense_per_row(op: MixedOp, parameter: str, size: int, like: torch.Tensor) -> torch.Tensor:
-    """(rows, size): each row's task's sparse entries of a vector parameter (a bias, an LN weight), dense."""
-    def dense(entries):
-        if parameter not in entries:
-            return like.new_zeros(size)
-        index, value = entries[parameter]
-        return like.new_zeros(size).index_put_((index.long(),), value.to(like.dtype))
-    return op.per_row(dense, shape=(size,), like=like)
+def _entries(op: MixedOp, parameter: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kept entries of ``parameter`` for the tasks present: (slot of each entry's task, position in the
+    parameter, value), sorted by slot then position. Decoded from the held gaps for all tasks at once."""
+    slots = {t: i for i, t in enumerate(op.routing.present)}
+    tasks = [t for t in op.active_tasks() if parameter in op.parts[t]]
+    if not tasks:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, torch.zeros(0)
+    gaps = [op.parts[t][parameter][0] for t in tasks]
+    stored = torch.cat(gaps).to(torch.int64)
+    counts = torch.tensor([g.numel() for g in gaps])
+    advance = torch.cumsum(torch.where(stored == 0, GAP_ESCAPE, stored), 0)
+    before = torch.cat([advance.new_zeros(1), advance[torch.cumsum(counts, 0)[:-1] - 1]])  # each task restarts at -1
+    position = advance - torch.repeat_interleave(before, counts) - 1
+    slot = torch.repeat_interleave(torch.tensor([slots[t] for t in tasks]), counts)
+    real = stored != 0  # a 0 is an escape (a long gap), not an entry
+    values = torch.cat([op.parts[t][parameter][1] for t in tasks])
+    return slot[real], position[real], values
+
+
+def _dense_rows(op: MixedOp, parameter: str, size: int, like: torch.Tensor) -> torch.Tensor:
+    """(rows, size): each row's task's entries of a vector parameter (a bias, an LN weight), dense."""
+    slot, position, values = _entries(op, parameter)
+    dense = like.new_zeros(len(op.routing.present) * size)
+    dense.index_put_((slot * size + position,), values.to(like.dtype))
+    return dense.view(-1, size)[op.routing.slot]
 
 
 class DiffLinearOp(MixedOp):
     """A sparse diff on a Linear for many tasks: the base product runs once for the whole batch, and each
-    row gets x Delta_t^T + delta b_t for its task t. The Delta of the rows' tasks are laid out as one
-    block-diagonal sparse matrix (a block per row) and applied in one sparse product: no dense copy of
-    a weight per task, and no loop over tasks."""
+    row gets x Delta_t^T + delta b_t for its task t. Each row's Delta is one block of a block-diagonal CSR
+    matrix applied to all rows' tokens in one sparse product (its cost is the rows' entries times the
+    tokens): no dense copy of a weight per task, and no loop over tasks."""
 
     def hook(self, module, args, output):
         x = rows_of(args[0], self.routing.rows)  # (rows, tokens, in)
         rows, tokens, d_in = x.shape
         d_out = module.out_features
-        correction = x.new_zeros(rows, tokens, d_out)
-        tasks = [t for t in self.active_tasks() if "weight" in self.parts[t]]
-        if tasks:
-            longest = max(self.parts[t]["weight"][0].numel() for t in tasks)
-            index = self.per_row(lambda e: e["weight"][0].long() if "weight" in e else x.new_zeros(0, dtype=torch.long),
-                                 shape=(longest,), like=x.new_zeros(0, dtype=torch.long))
-            value = self.per_row(lambda e: e["weight"][1].to(x.dtype) if "weight" in e else x.new_zeros(0),
-                                 shape=(longest,), like=x.new_zeros(0))
-            row = torch.arange(rows, device=x.device)[:, None]
-            coordinates = torch.stack([(index // d_in + row * d_out).reshape(-1), (index % d_in + row * d_in).reshape(-1)])
-            blocks = torch.sparse_coo_tensor(coordinates, value.reshape(-1), (rows * d_out, rows * d_in), check_invariants=False)
-            product = torch.sparse.mm(blocks, x.transpose(1, 2).reshape(rows * d_in, tokens))  # (rows * out, tokens)
-            correction = product.view(rows, d_out, tokens).transpose(1, 2)
+        out = output.view(rows, tokens, d_out)
+        slot, position, values = _entries(self, "weight")
+        if values.numel():
+            # The entries of each row's task, row after row (a task's entries repeat for each of its rows).
+            per_task = torch.bincount(slot, minlength=len(self.routing.present))
+            first = torch.cumsum(per_task, 0) - per_task
+            counts = per_task[self.routing.slot]
+            row = torch.repeat_interleave(torch.arange(rows), counts)
+            entry = torch.repeat_interleave(first[self.routing.slot] - (torch.cumsum(counts, 0) - counts), counts)
+            entry = entry + torch.arange(entry.numel())
+            row_index = row * d_out + torch.div(position[entry], d_in, rounding_mode="floor")
+            crow = torch.cat([row_index.new_zeros(1), torch.cumsum(torch.bincount(row_index, minlength=rows * d_out), 0)])
+            dense = x.transpose(1, 2).reshape(rows * d_in, tokens)
+            product = _csr_product(crow, row * d_in + position[entry] % d_in, values[entry].to(x.dtype),
+                                   (rows * d_out, rows * d_in), dense)
+            out += product.view(rows, d_out, tokens).transpose(1, 2)
         if any("bias" in self.parts[t] for t in self.active_tasks()):
-            correction = correction + _dense_per_row(self, "bias", d_out, x)[:, None]
-        return output + correction.reshape(output.shape)
+            out += _dense_rows(self, "bias", d_out, x)[:, None]
+        return output
+
+
+def _csr_product(crow, col, values, shape, dense: torch.Tensor) -> torch.Tensor:
+    """A CSR matrix times ``dense``. On the CPU through scipy.sparse, whose product costs what its
+    entries do (several times faster here than torch's CPU sparse product, which costs about as much
+    as a dense one at these sizes); elsewhere torch's."""
+    if dense.device.type == "cpu" and dense.dtype in (torch.float32, torch.float64):
+        matrix = scipy.sparse.csr_matrix((values.numpy(), col.numpy(), crow.numpy()), shape=shape)
+        return torch.from_numpy(matrix @ dense.numpy())
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        blocks = torch.sparse_csr_tensor(crow, col, values, shape, device=dense.device, check_invariants=False)
+    return torch.sparse.mm(blocks, dense)
 
 
 class DiffLayerNormOp(MixedOp):
-    """A sparse diff on a LayerNorm's weight and bias for many tasks: LN(x) + norm(x) * dgamma_t + dbeta_t."""
+    """A sparse diff on a LayerNorm's weight and bias for many tasks: LN(x) + norm(x) * dgamma_t + dbeta_t,
+    added to the output (other hooks at the same module, BitFit's, keep theirs)."""
 
     def hook(self, module, args, output):
         x = rows_of(args[0], self.routing.rows)
         width = x.shape[-1]
+        gamma = _dense_rows(self, "weight", width, x)[:, None]
+        beta = _dense_rows(self, "bias", width, x)[:, None]
         normed = F.layer_norm(x, (width,), eps=module.eps)
-        gamma = _dense_per_row(self, "weight", width, x)[:, None]
-        beta = _dense_per_row(self, "bias", width, x)[:, None]
-        return output + torch.addcmul(beta, normed, gamma).reshape(output.shape)
+        return output + torch.addcmul(beta, normed, gamma).view(output.shape)
 
 
 class DiffEmbeddingOp(MixedOp):
@@ -228,20 +266,16 @@ class DiffEmbeddingOp(MixedOp):
         rows = self.routing.rows
         ids = ids.expand(rows, -1) if ids.shape[0] != rows else ids  # position ids come as (1, length)
         vocabulary, width = module.weight.shape
-        tasks = self.active_tasks()
-        if not tasks:
-            return output
-        slots = {t: i for i, t in enumerate(self.routing.present)}
-        keys = torch.cat([slots[t] * vocabulary * width + self.parts[t]["weight"][0].long() for t in tasks])
-        values = torch.cat([self.parts[t]["weight"][1] for t in tasks]).to(output.dtype)
+        slot, position, values = _entries(self, "weight")
+        keys = slot * (vocabulary * width) + position  # sorted: by task, then by position
         token_keys = (self.routing.slot[:, None] * vocabulary + ids).reshape(-1) * width
         start, end = torch.searchsorted(keys, token_keys), torch.searchsorted(keys, token_keys + width)
         counts = end - start
         token = torch.repeat_interleave(torch.arange(token_keys.numel(), device=ids.device), counts)
         first = torch.repeat_interleave(start - (torch.cumsum(counts, 0) - counts), counts)
         entry = first + torch.arange(token.numel(), device=ids.device)
-        delta = output.new_zeros(token_keys.numel(), width).index_put_((token, keys[entry] % width), values[entry],
-                                                                        accumulate=True)
+        delta = output.new_zeros(token_keys.numel(), width).index_put_((token, keys[entry] % width),
+                                                                        values[entry].to(output.dtype), accumulate=True)
         return output + delta.view(rows, ids.shape[1], width)
 
 
@@ -253,9 +287,9 @@ class DiffSharedTableOp(MixedOp):
     batched = False
 
     def hook(self, module, args, output):
-        index, value = self.only_task()["weight"]
+        _, position, values = _entries(self, "weight")
         table = torch.zeros(module.weight.numel(), dtype=output.dtype, device=output.device)
-        table = table.index_put_((index.long(),), value.to(output.dtype)).view_as(module.weight)
+        table = table.index_put_((position,), values.to(output.dtype)).view_as(module.weight)
         return output + F.embedding(args[0], table)
 
 

@@ -18,10 +18,20 @@ class LowRankOp(MixedOp):
     a task without LoRA here has a zero slot. ProLoRA's masked factors are built for the tasks present."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add_into(x.new_zeros(*x.shape[:-1], self._out_features()), x)
+
+    def add_into(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """out + each row's low-rank term, accumulated into ``out`` (the base product) in place."""
         down = self.per_row(lambda form: form.source.get("lora_A"))  # (rows, r, in)
-        up = self.per_row(lambda form: form.source.get("lora_B") * form.scaling)  # (rows, out, r)
-        hidden = torch.bmm(rows_of(x, self.routing.rows), down.transpose(1, 2))
-        return torch.bmm(hidden, up.transpose(1, 2)).view(*x.shape[:-1], up.shape[1])
+        up = self.per_row(lambda form: form.source.get("lora_B"))  # (rows, out, r)
+        scaling = self.rows_from({t: torch.tensor(self.parts[t].scaling, dtype=x.dtype) for t in self.active_tasks()})
+        hidden = torch.bmm(rows_of(x, self.routing.rows), down.transpose(1, 2)) * scaling[:, None, None]
+        rows = out.view(self.routing.rows, -1, out.shape[-1])
+        rows.baddbmm_(hidden, up.transpose(1, 2))
+        return out
+
+    def _out_features(self) -> int:
+        return next(iter(self.parts.values())).source.get("lora_B").shape[0]
 
 
 class _LoRA(Method):

@@ -17,7 +17,7 @@ Interface (the server and the CLI build on exactly this):
     bank.tasks() -> dict[str, dict]
         name -> {"task": task name in the module header, "kind": "classification" | "regression",
                  "labels": list of label names or None, "method": preset, "directory": str,
-                 "stored_bytes": int}
+                 "stored_bytes": int, "sources": source module folders of a transfer module}
     bank.predict(records, on_error="raise") -> list[dict]
         records: [{"task": NAME, ...inputs}], inputs in the single-module `unipetl predict` layout
         ("text"/"text_pair", "texts", or the task's own fields). Output per record, in order:
@@ -61,6 +61,10 @@ from ..taskio.classification import ClassificationIO
 
 DEFAULT_MAX_LENGTH = 128
 MAX_BATCH_ROWS = 64  # rows per forward; a longer request list is served in several
+
+
+def _stored_bytes(directory) -> int:
+    return sum((Path(directory) / name).stat().st_size for name in (HEADER_FILE, WEIGHTS_FILE))
 
 
 def default_task_name(directory) -> str:
@@ -194,7 +198,8 @@ class TaskBank:
 
     def memory(self) -> dict:
         """Bytes held: the backbone, and every tensor the loaded tasks hold (parts and heads; a tensor shared
-        by several tasks counted once), beside the sum of their modules' stored bytes."""
+        by several tasks counted once), beside the sum of their modules' stored bytes (a transfer module's
+        source modules counted once, as they are held once)."""
         with self.lock:
             backbone = {t.untyped_storage().data_ptr() for t in list(self.host.parameters()) + list(self.host.buffers())}
             seen_objects, counted, per_task = {}, set(), {}
@@ -207,9 +212,11 @@ class TaskBank:
                     counted.add(key)
                     own += tensor.untyped_storage().nbytes()
                 per_task[name] = own
+            sources = {s for e in self.entries.values() for s in e.description["sources"]}  # stored once, shared
             return {"backbone_bytes": sum(p.numel() * p.element_size() for p in self.host.parameters()),
                     "tasks_held_bytes": sum(per_task.values()), "held_bytes_per_task": per_task,
-                    "stored_bytes": sum(e.description["stored_bytes"] for e in self.entries.values())}
+                    "stored_bytes": sum(e.description["stored_bytes"] for e in self.entries.values())
+                    + sum(_stored_bytes(s) for s in sources)}
 
     # ------------------------------------------------------------------ serving
     @torch.no_grad()
@@ -373,10 +380,15 @@ class TaskBank:
 
     @staticmethod
     def _describe(header: dict, io, directory: str) -> dict:
-        stored = sum((Path(directory) / name).stat().st_size for name in (HEADER_FILE, WEIGHTS_FILE))
+        """What tasks() tells about a task; ``sources``: the module folders a transfer module combines."""
+        sources = []
+        for record in header["config"].get("transfer_sources") or []:
+            path = Path(record.get("path") or "")
+            sources.append(str((path if path.is_dir() else Path(directory) / path).resolve()))
         return {"task": io.spec.name, "kind": io.kind,
                 "labels": list(io.spec.label_names) if io.kind == "classification" else None,
-                "method": header["config"].get("preset") or "custom", "directory": directory, "stored_bytes": stored}
+                "method": header["config"].get("preset") or "custom", "directory": directory,
+                "stored_bytes": _stored_bytes(directory), "sources": sources}
 
     # ------------------------------------------------------------------ the ops at their sites
     def _install(self) -> None:
