@@ -141,7 +141,8 @@ class DiffPruning(Method):
             lo, hi = (int(i) for i in torch.searchsorted(indices, torch.tensor([start, start + size])))
             if hi > lo:
                 path, _, parameter = name.rpartition(".")
-                by_module.setdefault(path, {})[parameter] = (encode_indices(indices[lo:hi] - start), values[lo:hi].clone())
+                by_module.setdefault(path, {})[parameter] = (encode_indices((indices[lo:hi] - start).cpu()),
+                                                              values[lo:hi].clone())
             start += size
         parts = []
         for path, entries in by_module.items():
@@ -196,7 +197,7 @@ def _dense_rows(op: MixedOp, parameter: str, size: int, like: torch.Tensor) -> t
     """(rows, size): each row's task's entries of a vector parameter (a bias, an LN weight), dense."""
     slot, position, values = _entries(op, parameter)
     dense = like.new_zeros(len(op.routing.present) * size)
-    dense.index_put_((slot * size + position,), values.to(like.dtype))
+    dense.index_put_(((slot * size + position).to(like.device),), values.to(like.device, like.dtype))
     return dense.view(-1, size)[op.routing.slot]
 
 
@@ -211,19 +212,20 @@ class DiffLinearOp(MixedOp):
         rows, tokens, d_in = x.shape
         d_out = module.out_features
         out = output.view(rows, tokens, d_out)
-        slot, position, values = _entries(self, "weight")
+        slot, position, values = _entries(self, "weight")  # index work on the CPU, where the held gaps are
         if values.numel():
             # The entries of each row's task, row after row (a task's entries repeat for each of its rows).
+            row_slot = self.routing.slot.cpu()
             per_task = torch.bincount(slot, minlength=len(self.routing.present))
             first = torch.cumsum(per_task, 0) - per_task
-            counts = per_task[self.routing.slot]
+            counts = per_task[row_slot]
             row = torch.repeat_interleave(torch.arange(rows), counts)
-            entry = torch.repeat_interleave(first[self.routing.slot] - (torch.cumsum(counts, 0) - counts), counts)
+            entry = torch.repeat_interleave(first[row_slot] - (torch.cumsum(counts, 0) - counts), counts)
             entry = entry + torch.arange(entry.numel())
             row_index = row * d_out + torch.div(position[entry], d_in, rounding_mode="floor")
             crow = torch.cat([row_index.new_zeros(1), torch.cumsum(torch.bincount(row_index, minlength=rows * d_out), 0)])
             dense = x.transpose(1, 2).reshape(rows * d_in, tokens)
-            product = _csr_product(crow, row * d_in + position[entry] % d_in, values[entry].to(x.dtype),
+            product = _csr_product(crow, row * d_in + position[entry] % d_in, values[entry.to(values.device)].to(x.dtype),
                                    (rows * d_out, rows * d_in), dense)
             out += product.view(rows, d_out, tokens).transpose(1, 2)
         if any("bias" in self.parts[t] for t in self.active_tasks()):
@@ -236,11 +238,12 @@ def _csr_product(crow, col, values, shape, dense: torch.Tensor) -> torch.Tensor:
     entries do (several times faster here than torch's CPU sparse product, which costs about as much
     as a dense one at these sizes); elsewhere torch's."""
     if dense.device.type == "cpu" and dense.dtype in (torch.float32, torch.float64):
-        matrix = scipy.sparse.csr_matrix((values.numpy(), col.numpy(), crow.numpy()), shape=shape)
+        matrix = scipy.sparse.csr_matrix((values.cpu().numpy(), col.numpy(), crow.numpy()), shape=shape)
         return torch.from_numpy(matrix @ dense.numpy())
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        blocks = torch.sparse_csr_tensor(crow, col, values, shape, device=dense.device, check_invariants=False)
+        blocks = torch.sparse_csr_tensor(crow.to(dense.device), col.to(dense.device), values.to(dense.device), shape,
+                                         device=dense.device, check_invariants=False)
     return torch.sparse.mm(blocks, dense)
 
 
@@ -267,7 +270,8 @@ class DiffEmbeddingOp(MixedOp):
         ids = ids.expand(rows, -1) if ids.shape[0] != rows else ids  # position ids come as (1, length)
         vocabulary, width = module.weight.shape
         slot, position, values = _entries(self, "weight")
-        keys = slot * (vocabulary * width) + position  # sorted: by task, then by position
+        keys = (slot * (vocabulary * width) + position).to(ids.device)  # sorted: by task, then by position
+        values = values.to(ids.device)
         token_keys = (self.routing.slot[:, None] * vocabulary + ids).reshape(-1) * width
         start, end = torch.searchsorted(keys, token_keys), torch.searchsorted(keys, token_keys + width)
         counts = end - start
@@ -289,7 +293,7 @@ class DiffSharedTableOp(MixedOp):
     def hook(self, module, args, output):
         _, position, values = _entries(self, "weight")
         table = torch.zeros(module.weight.numel(), dtype=output.dtype, device=output.device)
-        table = table.index_put_((position,), values.to(output.dtype)).view_as(module.weight)
+        table = table.index_put_((position.to(output.device),), values.to(output.device, output.dtype)).view_as(module.weight)
         return output + F.embedding(args[0], table)
 
 
