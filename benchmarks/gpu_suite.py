@@ -9,7 +9,8 @@ Parts (PARTS, in order; a part is one function registered with @part):
      against full fine-tuning (ours and transformers' plain one), fp32 and bf16 autocast, peak CUDA memory.
   2. inference: no-grad latency (batch 1) and throughput per preset, unmerged, and merged where merge()
      folds the whole method into the weights (LoRA, BitFit, diff pruning, ProLoRA).
-  3. mixed_task_serving: not available yet (issue 22 builds multi-task serving).
+  3. mixed_task_serving: a TaskBank serving batches whose rows belong to K = 1 and 16 tasks against one task's
+     own model, per method: throughput, the largest logit difference to each row's task alone, bytes held.
   4. training: SST-2, a seeded 4,000-example subset of train, 1 epoch, official dev as test, with
      full, lora, pfeiffer, proadapter and diffprune (at the README's short-budget rates).
 
@@ -62,7 +63,6 @@ from unipetl.presets import list_presets  # noqa: E402
 
 JSON_NAME, MARKDOWN_NAME = "gpu_suite.json", "gpu_suite.md"
 RANDOM_MPNET = "random-initialised MPNet-base (timing only)"
-MIXED_TASK_STATUS = "not available yet: mixed-task serving is issue 22"
 TRAIN_PRESETS = ("full", "lora", "pfeiffer", "proadapter", "diffprune")
 # README, "Diff pruning": the preset keeps the paper's rates, meant for long runs; on a short budget the
 # gates close within an epoch at those, so short runs use these.
@@ -416,7 +416,7 @@ def render_step_time(record: dict) -> list[str]:
     return lines
 
 
-@part("step_time", "Training step time against full fine-tuning (paired, same process)", 0.42, render_step_time)
+@part("step_time", "Training step time against full fine-tuning (paired, same process)", 0.38, render_step_time)
 def step_time(suite: Suite, record: dict) -> None:
     """Each row trains side by side with our `full` and transformers' plain full fine-tuning, one step of
     each in turn (the order reversed every other turn), on one random batch; every ratio is the median
@@ -556,7 +556,7 @@ def render_inference(record: dict) -> list[str]:
     return lines
 
 
-@part("inference", "Inference latency and throughput (no grad, eval mode), unmerged and merged", 0.15, render_inference)
+@part("inference", "Inference latency and throughput (no grad, eval mode), unmerged and merged", 0.13, render_inference)
 def inference(suite: Suite, record: dict) -> None:
     sizes = suite.sizes
     record.update(model=suite.results["header"]["timing_model"], seq_len=sizes.seq_len, latency_batch=1,
@@ -586,10 +586,117 @@ def inference(suite: Suite, record: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------- 3. mixed-task serving
-@part("mixed_task_serving", "Mixed-task serving", 0.01)
+MIXED_METHODS = ("lora", "pfeiffer", "proadapter", "prefix", "prompt_tuning", "bitfit", "diffprune")
+MIXED_TASKS = (1, 16)  # K task modules loaded; a batch's rows drawn uniformly from them
+
+
+class BankCall:
+    """A TaskBank forward over fixed row tasks, callable like a model (for timed_forward)."""
+
+    def __init__(self, bank, names: list[str]):
+        self.bank, self.names = bank, names
+
+    def __call__(self, **inputs):
+        return self.bank.forward(inputs, self.names)
+
+
+def mixed_modules(method: str, suite: Suite, count: int) -> list[Path]:
+    """``count`` distinct random task modules of ``method`` on the timing model (prefix at l = 30)."""
+    from unipetl import PetlConfig, get_petl_model
+
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(suite.timing_model, num_labels=2)
+    config = PetlConfig.from_preset(method, **({"attn_bn": 30} if method == "prefix" else {}))
+    paths = []
+    for i in range(count):
+        petl = get_petl_model(model, config)
+        torch.manual_seed(100 + i)
+        with torch.no_grad():
+            for param in petl.parameters():
+                if param.requires_grad:
+                    param.add_(0.02 * torch.randn_like(param))
+        if method == "diffprune":
+            petl.project()
+        if method == "proadapter":
+            petl.freeze_masks()
+        paths.append(suite.scratch / "mixed" / method / f"task{i}")
+        petl.save(paths[-1], task={"name": "sst2", "kind": "classification", "mode": "classify", "max_length": 128})
+        petl.unload()
+    return paths
+
+
+def mixed_rows(method: str, suite: Suite, inputs: dict) -> list[dict]:
+    from unipetl.serving import TaskBank
+    from unipetl.storage import load_petl_model
+
+    def classifier():
+        return transformers.AutoModelForSequenceClassification.from_pretrained(
+            suite.timing_model, num_labels=2).to(suite.device).eval()
+
+    paths = mixed_modules(method, suite, max(MIXED_TASKS))
+    rows, alone = [], classifier()
+    for k in MIXED_TASKS:
+        bank = TaskBank(classifier())
+        for i, path in enumerate(paths[:k]):
+            bank.add(path, f"t{i}")
+        names = [f"t{random.Random(seed).randrange(k)}" for seed in range(len(inputs["input_ids"]))]
+        mixed = BankCall(bank, names)
+        single = load_petl_model(alone, paths[0]).eval()
+        worst = 0.0  # the mixed batch against each row's own task alone, on the first rows
+        for row in range(min(4, len(names))):
+            task_model = load_petl_model(classifier(), paths[int(names[row][1:])]).eval()
+            with torch.no_grad():
+                expected = task_model(**{key: value[row:row + 1] for key, value in inputs.items()}).logits[0]
+            worst = max(worst, (mixed(**inputs)[row] - expected).abs().max().item())
+            task_model.unload()
+        for _ in range(suite.sizes.inference_warmup):
+            timed_forward(mixed, inputs)
+            timed_forward(single, inputs)
+        mixed_s = statistics.median(timed_forward(mixed, inputs) for _ in range(suite.sizes.inference_repeats))
+        single_s = statistics.median(timed_forward(single, inputs) for _ in range(suite.sizes.inference_repeats))
+        single.unload()
+        memory = bank.memory()
+        rows.append({"method": method, "k": k, "tasks_in_batch": len(set(names)),
+                     "mixed_rows_per_s": round(len(names) / mixed_s, 1), "single_task_rows_per_s": round(len(names) / single_s, 1),
+                     "mixed_over_single": round(single_s / mixed_s, 4), "max_abs_logit_difference": worst,
+                     "held_over_stored_bytes": round(memory["tasks_held_bytes"] / memory["stored_bytes"], 4),
+                     "served_task_by_task": any(entry.grouped for entry in bank.entries.values())})
+        log(f"mixed {method} K={k}: {rows[-1]['mixed_rows_per_s']}/s vs {rows[-1]['single_task_rows_per_s']}/s alone, "
+            f"max |diff| {worst:.2e}")
+        del bank
+        release_memory(suite.device)
+    return rows
+
+
+def render_mixed(record: dict) -> list[str]:
+    lines = ["", "| method | K | tasks in a batch | mixed rows/s | single-task rows/s | mixed / single | max abs logit "
+                 "difference | held / stored bytes |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in record.get("rows", []):
+        if "error" in r:
+            lines.append(f"| {r['method']} | | | failed: {r['error']} | | | | |")
+            continue
+        task_by_task = " (task by task)" if r["served_task_by_task"] else ""
+        lines.append(f"| {r['method']}{task_by_task} | {r['k']} | {r['tasks_in_batch']} | {r['mixed_rows_per_s']:,.1f} | "
+                     f"{r['single_task_rows_per_s']:,.1f} | {r['mixed_over_single']:.3f} | {r['max_abs_logit_difference']:.2e} | "
+                     f"{r['held_over_stored_bytes']:.2f} |")
+    return lines
+
+
+@part("mixed_task_serving", "Mixed-task serving: a TaskBank batch of rows of K tasks against one task's own model",
+      0.09, render_mixed)
 def mixed_task_serving(suite: Suite, record: dict) -> None:
-    """Serving a batch whose rows belong to different tasks; issue 22 builds it, and replaces this body."""
-    record["status"] = MIXED_TASK_STATUS
+    sizes = suite.sizes
+    record.update(model=suite.results["header"]["timing_model"], batch=sizes.throughput_batch, seq_len=sizes.seq_len,
+                  repeats=sizes.inference_repeats, rows=[])
+    vocab = transformers.AutoConfig.from_pretrained(suite.timing_model).vocab_size
+    inputs = {k: v for k, v in random_batch(vocab, sizes.throughput_batch, sizes.seq_len, suite.device).items()
+              if k != "labels"}
+    for method in suite.within_budget(MIXED_METHODS, record, label=str):
+        try:
+            record["rows"] += mixed_rows(method, suite, inputs)
+        except Exception as err:
+            log(f"mixed {method}: FAILED {error_text(err)}")
+            record["rows"].append({"method": method, "error": error_text(err)})
+        suite.save()
 
 
 # ----------------------------------------------------------------------------------------- 4. training
@@ -652,7 +759,7 @@ def render_training(record: dict) -> list[str]:
     return lines
 
 
-@part("training", "Short real training run: SST-2", 0.42, render_training)
+@part("training", "Short real training run: SST-2", 0.40, render_training)
 def training(suite: Suite, record: dict) -> None:
     model, data_dir, why_not = suite.training_inputs
     if why_not:

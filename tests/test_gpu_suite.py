@@ -62,8 +62,7 @@ def test_dry_run_header_names_device_versions_date_and_command(dry_run):
     assert "--dry-run" in header["command"]
     assert results["finished"] is True
     assert list(results["parts"]) == PARTS
-    assert [record["status"] for record in results["parts"].values()] == [
-        "ok", "ok", "not available yet: mixed-task serving is issue 22", "ok"]
+    assert [record["status"] for record in results["parts"].values()] == ["ok", "ok", "ok", "ok"]
 
 
 def test_dry_run_step_time_has_every_preset_and_peft_in_both_dtypes_with_ratios_to_full(dry_run):
@@ -102,6 +101,18 @@ def test_dry_run_inference_has_unmerged_rows_and_merged_ones_where_merge_folds_t
     assert pfeiffer["merge"].startswith("not supported")
 
 
+def test_dry_run_serves_mixed_batches_of_every_method_as_each_task_alone(dry_run):
+    _, results, _ = dry_run
+    rows = results["parts"]["mixed_task_serving"]["rows"]
+    assert {row["method"] for row in rows} == {"lora", "pfeiffer", "proadapter", "prefix", "prompt_tuning", "bitfit",
+                                                "diffprune"}
+    for row in rows:
+        assert "error" not in row, row
+        assert row["max_abs_logit_difference"] < 1e-4  # each row as its own task's model gives it
+        assert row["mixed_rows_per_s"] > 0 and row["single_task_rows_per_s"] > 0 and row["held_over_stored_bytes"] > 0
+    assert {row["k"] for row in rows} == {1, 16}
+
+
 def test_dry_run_trains_the_five_presets_and_reports_accuracy_and_rates(dry_run):
     _, results, _ = dry_run
     record = results["parts"]["training"]
@@ -122,7 +133,7 @@ def test_dry_run_markdown_has_every_part(dry_run):
     for record in results["parts"].values():
         assert record["title"] in markdown
     assert "| peft lora | peft |" in markdown and "| diffprune |" in markdown
-    assert "not available yet: mixed-task serving is issue 22" in markdown
+    assert "| mixed / single |" in markdown
     assert markdown in proc.stdout
 
 
