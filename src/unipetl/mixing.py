@@ -71,6 +71,20 @@ class MixedOp(nn.Module):
         to it) where the task has no part here. Only the tasks present in the batch are fetched."""
         return self.rows_from({t: fetch(self.parts[t]) for t in self.active_tasks()}, shape, like)
 
+    def source_rows(self, name: str, scale: Callable[[Any], Any] | None = None) -> torch.Tensor:
+        """(rows, ...): each row's task's ``payload.source.get(name)`` (times ``scale(payload)``). Sources that
+        fetch many at once (ProPETL's masked layers: one unpacking of all tasks' bits) do so."""
+        tasks = self.active_tasks()
+        sources = [self.parts[t].source for t in tasks]
+        get_many = getattr(type(sources[0]), "get_many", None)
+        if get_many is not None and all(type(s) is type(sources[0]) for s in sources):
+            values = get_many(sources, name)
+        else:
+            values = [source.get(name) for source in sources]
+        if scale is not None:
+            values = [value * scale(self.parts[t]) for value, t in zip(values, tasks)]
+        return self.rows_from(dict(zip(tasks, values)))
+
     def rows_from(self, tensors: dict[str, torch.Tensor], shape: tuple[int, ...] | None = None,
                   like: torch.Tensor | None = None) -> torch.Tensor:
         """(rows, *shape) from one tensor per task present (`per_row` with the tensors already made)."""

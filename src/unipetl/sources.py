@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import torch
 from torch import nn
 
@@ -144,6 +146,27 @@ class MaskedPrototype(_Masked):
             cached = (version, product if version[3] else product.detach())
             self._materialized[name] = cached
         return cached[1]
+
+
+    @staticmethod
+    def get_many(sources: list["MaskedPrototype"], name: str) -> list[torch.Tensor]:
+        """`get(name)` of several layers (of one task or many) at once: where their masks are held as bits,
+        the masks of layers sharing a prototype are unpacked together (a task bank's batch)."""
+        if name not in sources[0].view.shapes or not all(s.view.as_bits for s in sources):
+            return [s.get(name) for s in sources]
+        out: list[torch.Tensor | None] = [None] * len(sources)
+        groups: dict[int, list[int]] = {}
+        for i, source in enumerate(sources):
+            groups.setdefault(id(source.prototype), []).append(i)
+        shape = sources[0].view.shapes[name]
+        for members in groups.values():
+            weight = sources[members[0]].prototype.get(name)
+            packed = torch.stack([sources[i].view.frozen[name] for i in members]).cpu().numpy()
+            bits = np.unpackbits(packed, axis=1, count=math.prod(shape)).reshape(len(members), *shape)
+            products = weight * torch.from_numpy(bits).to(weight.device, weight.dtype)
+            for j, i in enumerate(members):
+                out[i] = products[j]
+        return out
 
 
 class MaskedPrefix(_Masked):

@@ -27,9 +27,9 @@ class BottleneckOp(MixedOp):
         h = rows_of(x, rows)
         if layernorm == "in":
             h = self._layernorm(h, "ln_in")
-        down = self.per_row(lambda a: a.source.get("down_weight"))
-        down_bias = self.per_row(lambda a: a.source.get("down_bias"))
-        up = self.per_row(lambda a: a.source.get("up_weight") * a.scalar)
+        down = self.source_rows("down_weight")
+        down_bias = self.source_rows("down_bias")
+        up = self.source_rows("up_weight", scale=lambda a: a.scalar)
         up_bias = self.per_row(lambda a: _up_bias(a) * a.scalar)
         h = torch.baddbmm(down_bias[:, None], h, down.transpose(1, 2))
         h = torch.baddbmm(up_bias[:, None], act(h), up.transpose(1, 2))

@@ -22,8 +22,8 @@ class LowRankOp(MixedOp):
 
     def add_into(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """out + each row's low-rank term, accumulated into ``out`` (the base product) in place."""
-        down = self.per_row(lambda form: form.source.get("lora_A"))  # (rows, r, in)
-        up = self.per_row(lambda form: form.source.get("lora_B"))  # (rows, out, r)
+        down = self.source_rows("lora_A")  # (rows, r, in)
+        up = self.source_rows("lora_B")  # (rows, out, r)
         scaling = self.rows_from({t: torch.tensor(self.parts[t].scaling, dtype=x.dtype) for t in self.active_tasks()})
         hidden = torch.bmm(rows_of(x, self.routing.rows), down.transpose(1, 2)) * scaling[:, None, None]
         rows = out.view(self.routing.rows, -1, out.shape[-1])
