@@ -32,18 +32,14 @@ class InputCapture:
         self.value = None
 
 
-class LinearWithChanges(nn.Module):
+class WrappedLinear(nn.Module):
+    """A module standing in for a frozen nn.Linear (``base``). Code in transformers reads these attributes
+    of its linears (e.g. T5 checks `wo.weight.dtype`), so they are the base's."""
+
     def __init__(self, base: nn.Linear):
         super().__init__()
         self.base = base
-        self.lora: nn.Module | None = None
-        self.input_adapter: nn.Module | None = None  # adds adapter(capture) to the input
-        self.input_capture: InputCapture | None = None
-        self.output_adapter: nn.Module | None = None
-        self.output_mode: str | None = None  # "sequential" | "parallel" | "pfeiffer_preln"
-        self.output_capture: InputCapture | None = None
 
-    # Code in transformers reads these attributes of its linears (e.g. T5 checks `wo.weight.dtype`).
     @property
     def weight(self) -> torch.Tensor:
         return self.base.weight
@@ -59,6 +55,17 @@ class LinearWithChanges(nn.Module):
     @property
     def out_features(self) -> int:
         return self.base.out_features
+
+
+class LinearWithChanges(WrappedLinear):
+    def __init__(self, base: nn.Linear):
+        super().__init__(base)
+        self.lora: nn.Module | None = None
+        self.input_adapter: nn.Module | None = None  # adds adapter(capture) to the input
+        self.input_capture: InputCapture | None = None
+        self.output_adapter: nn.Module | None = None
+        self.output_mode: str | None = None  # "sequential" | "parallel" | "pfeiffer_preln"
+        self.output_capture: InputCapture | None = None
 
     @property
     def is_empty(self) -> bool:

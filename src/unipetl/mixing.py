@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .insertion import WrappedLinear
+
 
 @dataclass
 class Part:
@@ -136,7 +138,7 @@ def rows_of(x: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- sites the bank installs
-class MixedLinear(nn.Module):
+class MixedLinear(WrappedLinear):
     """A frozen linear of the backbone with the mixed ops of every task at it.
 
     The order of LinearWithChanges: input ops add to the input, then the base product (once for the
@@ -145,27 +147,10 @@ class MixedLinear(nn.Module):
     """
 
     def __init__(self, base: nn.Module):
-        super().__init__()
-        self.base = base
+        super().__init__(base)
         self.inputs: list[tuple[MixedOp, Any]] = []  # (op, capture)
         self.lowrank: list[MixedOp] = []
         self.outputs: list[tuple[MixedOp, str, Any]] = []  # (op, mode, capture)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for op, capture in self.inputs:

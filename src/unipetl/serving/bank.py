@@ -457,19 +457,17 @@ class TaskBank:
         return self.installed.replaced.get(path) or self.host.get_submodule(path)
 
     def _linear(self, path: str) -> MixedLinear:
-        current = self.host.get_submodule(path)
-        if isinstance(current, MixedLinear):
-            return current
-        wrapper = MixedLinear(current)
-        self.installed.replaced[path] = current
-        set_module(self.host, path, wrapper)
-        return wrapper
+        return self._wrapped(path, MixedLinear)
 
     def _pfeiffer(self, path: str) -> MixedPfeifferLayerNorm:
+        return self._wrapped(path, MixedPfeifferLayerNorm)
+
+    def _wrapped(self, path: str, wrapper_class: type):
+        """The ``wrapper_class`` at ``path``, wrapping the backbone's module there (once; undone by _uninstall)."""
         current = self.host.get_submodule(path)
-        if isinstance(current, MixedPfeifferLayerNorm):
+        if isinstance(current, wrapper_class):
             return current
-        wrapper = MixedPfeifferLayerNorm(current)
+        wrapper = wrapper_class(current)
         self.installed.replaced[path] = current
         set_module(self.host, path, wrapper)
         return wrapper
