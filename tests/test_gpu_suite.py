@@ -110,7 +110,11 @@ def test_dry_run_serves_mixed_batches_of_every_method_as_each_task_alone(dry_run
         assert "error" not in row, row
         assert row["max_abs_logit_difference"] < 1e-4  # each row as its own task's model gives it
         assert row["mixed_rows_per_s"] > 0 and row["single_task_rows_per_s"] > 0 and row["held_over_stored_bytes"] > 0
-    assert {row["k"] for row in rows} == {1, 16}
+    assert {(row["method"], row["k"]) for row in rows if row["k"] == 64} == {("lora", 64), ("diffprune", 64)}
+    assert {row["k"] for row in rows} == {1, 16, 64}
+    for row in rows:  # PEFT's adapter_names batch beside ours, for LoRA only
+        assert ("mixed_over_peft" in row) == (row["method"] == "lora")
+        assert row.get("peft_rows_per_s", 1) > 0
 
 
 def test_dry_run_trains_the_five_presets_and_reports_accuracy_and_rates(dry_run):
