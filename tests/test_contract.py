@@ -68,7 +68,8 @@ CLAIMS = {
     **{name: NO_CLAIMS for name in TRANSFER},  # omega ~ N(2/N, 0.001); fusion's V = I + 1e-6: not exact
 }
 
-NO_BIASES = ("t5", "mt5", "t5v11")  # T5's linears and RMS norms have no bias: nothing for BitFit to train
+# T5's, Llama's, Mistral's and Qwen3's linears and RMS norms have no bias: nothing for BitFit to train (Qwen2 has q, k, v biases).
+NO_BIASES = ("t5", "mt5", "t5v11", "llama", "mistral", "qwen3")
 REFUSED = {(family, "bitfit"): ConfigError for family in NO_BIASES}
 
 ROWS = [(family, method, REFUSED.get((family, method))) for family in CONTRACT_FAMILIES for method in METHODS]

@@ -7,8 +7,11 @@ FAMILIES = ("bert", "roberta", "mpnet", "t5", "bart")
 ENCODERS = ("bert", "roberta", "mpnet")
 # Every model type the site table claims, one tiny model each: XLM-R (roberta family), mT5 and T5 v1.1
 # (t5 family, gated FFN: wi_0 and wi_1) and mBART (bart family). The contract suite runs over all of them.
-CONTRACT_FAMILIES = ("bert", "roberta", "mpnet", "t5", "bart", "xlmr", "mt5", "mbart", "t5v11")
+CONTRACT_FAMILIES = ("bert", "roberta", "mpnet", "t5", "bart", "xlmr", "mt5", "mbart", "t5v11", "llama", "qwen2",
+                     "mistral", "qwen3")
 SEQ2SEQ = ("t5", "bart", "mt5", "mbart", "t5v11")
+# Decoder-only language models (causal-LM head): grouped-query attention (2 key/value heads for 4 query heads).
+CAUSAL = ("llama", "qwen2", "mistral", "qwen3")
 HIDDEN, LAYERS, HEADS, FFN, VOCAB = 32, 2, 4, 64, 120
 
 
@@ -26,6 +29,12 @@ def _bart_sizes():
 def _encoder_sizes(num_labels):
     return dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN,
                 num_labels=num_labels, vocab_size=VOCAB)
+
+
+def _decoder_sizes():
+    return dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=HEADS // 2,
+                intermediate_size=FFN, vocab_size=VOCAB, max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
+                eos_token_id=2, tie_word_embeddings=False)
 
 
 def tiny_model(family: str, num_labels: int = 3, seed: int = 0):
@@ -50,6 +59,14 @@ def tiny_model(family: str, num_labels: int = 3, seed: int = 0):
         model = T.BartForConditionalGeneration(T.BartConfig(**_bart_sizes()))
     elif family == "mbart":
         model = T.MBartForConditionalGeneration(T.MBartConfig(**_bart_sizes()))
+    elif family == "llama":
+        model = T.LlamaForCausalLM(T.LlamaConfig(**_decoder_sizes()))
+    elif family == "qwen2":  # Qwen2: biases on q, k and v (and none elsewhere)
+        model = T.Qwen2ForCausalLM(T.Qwen2Config(**_decoder_sizes()))
+    elif family == "mistral":  # sliding-window attention
+        model = T.MistralForCausalLM(T.MistralConfig(sliding_window=4, **_decoder_sizes()))
+    elif family == "qwen3":  # RMS norms on each head's queries and keys
+        model = T.Qwen3ForCausalLM(T.Qwen3Config(**_decoder_sizes()))
     else:
         raise ValueError(family)
     return model.eval()
@@ -65,6 +82,8 @@ def tiny_batch(family: str, batch: int = 3, length: int = 7, seed: int = 1, num_
     out = {"input_ids": input_ids, "attention_mask": attention_mask}
     if family in SEQ2SEQ:
         out["labels"] = torch.randint(5, VOCAB, (batch, 4), generator=g)
+    elif family in CAUSAL:  # next-token targets: the inputs themselves, padding ignored
+        out["labels"] = input_ids.masked_fill(attention_mask == 0, -100)
     else:
         out["labels"] = torch.randint(0, num_labels, (batch,), generator=g)
     return out
@@ -74,6 +93,6 @@ def logits(model, batch):
     """Output logits without labels (eval mode, no grad)."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     if "labels" in batch and batch["labels"].dim() == 2:
-        inputs["labels"] = batch["labels"]  # seq2seq needs decoder inputs; loss is ignored
+        inputs["labels"] = batch["labels"]  # seq2seq needs decoder inputs; loss is ignored (causal LMs too)
     with torch.no_grad():
         return model(**inputs).logits

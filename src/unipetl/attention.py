@@ -118,6 +118,12 @@ def dropout_attention(module, query, key, value, attention_mask, dropout=0.0, sc
                                           scaling=scaling, **kwargs)
 
 
+def _repeat_heads(states: torch.Tensor, heads: int) -> torch.Tensor:
+    """(b, kv_heads, n, d) -> (b, heads, n, d), each key/value head repeated for its group of query heads."""
+    groups = heads // states.shape[1]
+    return states if groups == 1 else states.repeat_interleave(groups, dim=1)
+
+
 def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                      position_bias=None, **kwargs):
     site: PrefixSite | None = getattr(module, PREFIX_ATTR, None)
@@ -132,7 +138,9 @@ def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     batch, heads, q_len, head_dim = query.shape
     scaling = head_dim ** -0.5 if scaling is None else scaling
     bias = _token_bias(module, query, key, attention_mask, position_bias, is_causal)
-    prefix_k, prefix_v = site.key_value(batch, heads, head_dim, query.dtype)
+    # Under grouped-query attention the prefix has the key/value heads; each serves its group of query heads.
+    prefix_k, prefix_v = site.key_value(batch, key.shape[1], head_dim, query.dtype)
+    key, value, prefix_k, prefix_v = (_repeat_heads(t, heads) for t in (key, value, prefix_k, prefix_v))
     dropout = dropout if module.training else 0.0
     # A task bank's site masks each row's prefix padding (prefixes of several lengths in one batch).
     prefix_bias = getattr(site, "prefix_bias", None)

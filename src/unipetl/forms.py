@@ -151,38 +151,40 @@ class LowRank(nn.Module):
 
 
 class PrefixGenerator(nn.Module):
-    """Li & Liang's reparameterisation: E (l x d) -> Linear(d, mid) -> tanh -> Linear(mid, n * 2d).
+    """Li & Liang's reparameterisation: E (l x d) -> Linear(d, mid) -> tanh -> Linear(mid, n * 2w).
 
-    Row block i of the output is the key/value prefix of attention site i. Outside `one_pass`, a call
+    Row block i of the output is the key/value prefix of attention site i; w, the width of its keys and of
+    its values, is d except under grouped-query attention (Llama and others), where k and v are narrower. Outside `one_pass`, a call
     computes only the rows of its site, so every call is independent (nothing to invalidate between
     encoder and decoder calls, or between training steps). Inside `one_pass` (one forward of PetlModel),
     the first call computes every site's rows and later calls take theirs: per-site rows are slices of
     mlp_out's (n * 2d x mid) weight, and each slice's backward fills a gradient of the whole weight.
     """
 
-    def __init__(self, length: int, hidden: int, mid_dim: int, n_sites: int, dropout: float = 0.0):
+    def __init__(self, length: int, hidden: int, mid_dim: int, n_sites: int, dropout: float = 0.0,
+                 width: int | None = None):
         super().__init__()
-        self.hidden, self.n_sites = hidden, n_sites
+        self.width, self.n_sites = width or hidden, n_sites
         self.embedding = nn.Parameter(torch.randn(length, hidden))
         self.mlp_in = nn.Linear(hidden, mid_dim)
-        self.mlp_out = nn.Linear(mid_dim, n_sites * 2 * hidden)
+        self.mlp_out = nn.Linear(mid_dim, n_sites * 2 * self.width)
         self.dropout = nn.Dropout(dropout)
         self._in_pass = False
         self._all_sites: torch.Tensor | None = None  # (n, l, 2d), inside one_pass only
 
     def site_prefix(self, index: int) -> torch.Tensor:
-        """(l, 2d) key/value prefix of site ``index``."""
+        """(l, 2w) key/value prefix of site ``index``."""
         if self._in_pass:
             if self._all_sites is None:
                 self._all_sites = self._every_site()
             return self.dropout(self._all_sites[index])
-        rows = slice(index * 2 * self.hidden, (index + 1) * 2 * self.hidden)
+        rows = slice(index * 2 * self.width, (index + 1) * 2 * self.width)
         mid = torch.tanh(self.mlp_in(self.embedding))
         return self.dropout(F.linear(mid, self.mlp_out.weight[rows], self.mlp_out.bias[rows]))
 
     def _every_site(self) -> torch.Tensor:
         mid = torch.tanh(self.mlp_in(self.embedding))
-        return self.mlp_out(mid).view(len(self.embedding), self.n_sites, 2 * self.hidden).transpose(0, 1)
+        return self.mlp_out(mid).view(len(self.embedding), self.n_sites, 2 * self.width).transpose(0, 1)
 
     @contextmanager
     def one_pass(self):

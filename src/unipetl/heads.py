@@ -1,6 +1,7 @@
 """What belongs to the task head of a transformers model, and the backbone's identity.
 
-The head is every parameter outside `model.base_model` that is not tied to it; the pooler (BERT) is
+The head is every parameter outside `model.base_model` that is not tied to it, except a causal LM's
+pretrained vocabulary projection, which is the backbone's; the pooler (BERT) is
 the backbone's own but may train with the head (`PetlConfig.train_pooler`). The fingerprint tells two
 checkpoints of one architecture apart, so a task module is never loaded onto the wrong backbone.
 """
@@ -12,11 +13,14 @@ import hashlib
 import torch
 from torch import nn
 
+from .sites import head_table
+
 
 def head_parameter_names(model: nn.Module) -> list[str]:
-    """Parameters of the task head: those outside `model.base_model` and not tied to it."""
+    """Parameters of the task head: those outside `model.base_model` and not tied to it; none where the head is
+    pretrained (a causal LM's vocabulary projection)."""
     base = model.base_model
-    if base is model:
+    if base is model or head_table(model).pretrained:
         return []
     base_ids = {id(p) for p in base.parameters()}
     return [name for name, p in model.named_parameters() if id(p) not in base_ids]

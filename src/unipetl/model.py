@@ -180,9 +180,13 @@ class PetlModel(nn.Module):
             for plugin in self.plugins:
                 for context in plugin.generate_contexts():
                     stack.enter_context(context)
+            given = kwargs
             for plugin in self.plugins:
                 kwargs = plugin.prepare_inputs(kwargs)
-            return self.model.generate(**kwargs)
+            sequences = self.model.generate(**kwargs)
+            for plugin in self.plugins:
+                sequences = plugin.finish_generation(given, sequences)
+            return sequences
 
     def first_position_context(self, model: nn.Module, kwargs: dict):
         """The context for one call of ``model(**kwargs)`` on this backbone (this model, or a multi-task

@@ -138,6 +138,19 @@ FAMILIES: tuple[FamilyTable, ...] = (
         ),
         pre_layernorm=True,  # unlike BART, mBART normalises before each sub-layer (final_layer_norm is the FFN's input LN)
     ),
+    FamilyTable(
+        # Decoder-only, pre-RMSNorm; grouped-query attention (k_proj and v_proj narrower than q_proj) and a
+        # gated FFN: down_proj(act(gate_proj(x)) * up_proj(x)). ffn_in lists the gate first.
+        family="llama",
+        model_types=("llama", "mistral", "qwen2", "qwen3"),
+        stacks=(StackTable(
+            "decoder", "layers",
+            (AttentionTable("self", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                            "self_attn.o_proj"),),
+            ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", None),),
+        pre_layernorm=True,
+        reserved_positions=None,  # rotary positions: the model's own limit is a training length, not a table size
+    ),
 )
 
 
@@ -149,6 +162,9 @@ class HeadTable:
     peft_task_type: str  # PEFT's TaskType for a LoRA module exported with this head
     has_pooler: bool = True  # extractive-QA models are built without the pooler
     per_position_outputs: tuple[str, ...] = ()  # outputs with one value per input position
+    # A causal LM's head is the pretrained vocabulary projection, not a task's: it stays frozen with the
+    # backbone and is not stored with a task module (an untied Llama head would be 131 M parameters a task).
+    pretrained: bool = False
 
 
 HEADS: tuple[HeadTable, ...] = (
@@ -157,6 +173,7 @@ HEADS: tuple[HeadTable, ...] = (
     HeadTable("ForQuestionAnswering", "QUESTION_ANS", has_pooler=False,
               per_position_outputs=("start_logits", "end_logits")),
     HeadTable("ForTokenClassification", "TOKEN_CLS", per_position_outputs=("logits",)),
+    HeadTable("ForCausalLM", "CAUSAL_LM", has_pooler=False, per_position_outputs=("logits",), pretrained=True),
 )
 OTHER_HEAD = HeadTable("", "FEATURE_EXTRACTION")
 

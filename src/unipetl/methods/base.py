@@ -97,6 +97,11 @@ class Method:
         """The backbone's outputs, changed where the method added positions (prompt tuning)."""
         return outputs
 
+    def finish_generation(self, kwargs: dict, sequences: torch.Tensor) -> torch.Tensor:
+        """generate()'s sequences for the caller's ``kwargs``, where the method changed how the backbone was
+        called (prompt tuning hands a decoder embeddings, and transformers returns the new tokens only)."""
+        return sequences
+
     def run_backbone(self, model: nn.Module, args, kwargs):
         """Run ``model`` itself where the method changes how it is called (diff pruning); None: not needed."""
         return None

@@ -98,17 +98,15 @@ class Prefix(Method):
             for site in layer.attention:
                 groups.setdefault(f"prefix_{layer.stack}_{site.kind}", []).append(site)
 
-        def make_prototype():  # ProPrefix: one generated (l, 2d) prefix for all sites, masked per site
-            return (FlatPrefix(torch.randn(1, cfg.attn_bn, 2 * d) * 0.02, cfg.prefix_dropout) if flat
-                    else PrefixGenerator(cfg.attn_bn, d, cfg.mid_dim, 1, cfg.prefix_dropout))
-
-        def make_owned(n):
-            return (FlatPrefix(torch.randn(n, cfg.attn_bn, 2 * d) * 0.02, cfg.prefix_dropout) if flat
-                    else PrefixGenerator(cfg.attn_bn, d, cfg.mid_dim, n, cfg.prefix_dropout))
+        def generator(n, width):  # the MLP-reparameterised prefixes, or flat ones, of n sites
+            return (FlatPrefix(torch.randn(n, cfg.attn_bn, 2 * width) * 0.02, cfg.prefix_dropout) if flat
+                    else PrefixGenerator(cfg.attn_bn, d, cfg.mid_dim, n, cfg.prefix_dropout, width=width))
 
         needs_query = cfg.attn_option in ("cross_attn", "cross_attn_relu")
         for key, sites in groups.items():
-            source = self.register(key, host.source.prefix(make_prototype, make_owned, len(sites)))
+            width = sites[0].k.out_features  # keys' and values' width: under grouped-query attention, below d
+            source = self.register(key, host.source.prefix(lambda: generator(1, width), lambda n: generator(n, width),
+                                                            len(sites)))
             for index, site in enumerate(sites):
                 prefix_site = prefix_attention.PrefixSite(
                     source, index, cfg.attn_option, cfg.attn_composition, d, query_proj=site.q,

@@ -1,9 +1,11 @@
 """Prompt tuning (Lester et al. 2021): l learned embeddings prepended to the (encoder) input.
 
 The backbone then sees l more positions: the attention mask and token types are extended. A head
-with one output per input position (a span or token head, per the head table of sites.py) reads the
-input positions only: the prompt's are dropped from the backbone's output before the head, so its
-logits, targets and loss are over the input tokens, as without a prompt.
+with one output per input position (a span or token head, or a causal LM's, per the head table of
+sites.py) reads the input positions only: the prompt's are dropped from the backbone's output before
+the head, so its logits, targets and loss are over the input tokens, as without a prompt. A decoder
+generating with a KV cache sees the prompt once, in its first forward; later forwards read it from the
+cache.
 """
 
 from __future__ import annotations
@@ -65,14 +67,27 @@ class PromptTuning(Method):
         self.register("prompt", PromptEmbedding(self.config.attn_bn, embed_dim))
         self.part(PromptOp, "", "prompt", self.host.methods["prompt"])
         if head_table(self.host.model).per_position_outputs:
-            self.host.add_hook(self.host.model.base_model.register_forward_hook(self._drop_prompt_positions))
+            self.host.add_hook(self.host.model.base_model.register_forward_hook(self._drop_prompt_positions,
+                                                                                with_kwargs=True))
 
-    def _drop_prompt_positions(self, module, args, outputs):
-        n = self.prompt.embedding.shape[0]
+    def _drop_prompt_positions(self, module, args, kwargs, outputs):
+        hidden = outputs[0] if isinstance(outputs, tuple) else outputs["last_hidden_state"]
+        # With a KV cache (a decoder generating), only the forward whose positions start at 0 holds the prompt.
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5.2x calls it `cache`
+        start = cache.get_seq_length() - hidden.shape[1] if hasattr(cache, "get_seq_length") else 0
+        n = max(0, self.prompt.embedding.shape[0] - start)
         if isinstance(outputs, tuple):
-            return (outputs[0][:, n:], *outputs[1:])
-        outputs["last_hidden_state"] = outputs["last_hidden_state"][:, n:]
+            return (hidden[:, n:], *outputs[1:])
+        outputs["last_hidden_state"] = hidden[:, n:]
         return outputs
+
+    def finish_generation(self, kwargs: dict, sequences: torch.Tensor) -> torch.Tensor:
+        # A decoder given embeddings returns the new tokens only: the caller's input ids go in front, as
+        # generate() gives them for every other method.
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None or self.host.model.config.is_encoder_decoder:
+            return sequences
+        return torch.cat([input_ids, sequences], dim=1)
 
     @property
     def prompt(self) -> PromptEmbedding:
