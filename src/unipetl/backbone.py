@@ -1,7 +1,8 @@
 """Loading a backbone and its tokenizer for a task: the head class follows the task kind.
 
 Encoders get a sequence-classification head (one output for regression) or a multiple-choice head;
-encoder-decoders (T5, BART) are trained text to text with their LM head.
+encoder-decoders (T5, BART) are trained text to text with their LM head; decoder-only LMs (Llama family)
+keep their LM head and classify by scoring label words (label_words.py).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .defaults import default_model_path
+from .defaults import resolve_model
 from .errors import DataError, UnsupportedModelError
-from .sites import FAMILIES, supported_model_types
+from .sites import FAMILIES, family_for_config, supported_model_types
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Backbone:
     model: object
     tokenizer: object
     name_or_path: str
-    mode: str  # "classify" | "multiple_choice" | "text_to_text" | "extractive_qa" | "seq2seq" | "multi_label"
+    mode: str  # "classify" | "multiple_choice" | "text_to_text" | "causal_lm" | "extractive_qa" | "seq2seq" | "multi_label"
 
 
 def quiet_transformers() -> None:
@@ -31,10 +32,11 @@ def quiet_transformers() -> None:
 
 
 def load_model_config(name_or_path: str | None):
-    """The model's path (the embedded MiniLM by default) and config, refusing unreadable or unsupported ones."""
+    """The model's path (the embedded MiniLM by default, a packaged model by name) and config, refusing unreadable
+    or unsupported ones."""
     from transformers import AutoConfig
 
-    path = name_or_path or default_model_path()
+    path = resolve_model(name_or_path)
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -48,11 +50,20 @@ def load_model_config(name_or_path: str | None):
 
 def load_backbone(name_or_path: str | None, task) -> Backbone:
     """Model with the right head for ``task`` (a TaskSpec) and its tokenizer; hub names work when online."""
-    from transformers import (AutoModelForMultipleChoice, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
-                              AutoTokenizer)
+    from transformers import (AutoModelForCausalLM, AutoModelForMultipleChoice, AutoModelForSeq2SeqLM,
+                              AutoModelForSequenceClassification, AutoTokenizer)
 
     quiet_transformers()
     path, config = load_model_config(name_or_path)
+    if family_for_config(config).causal_lm:
+        from .label_words import LabelWordFormat
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        LabelWordFormat(task, tokenizer)  # refuses tasks a decoder does not train here, before the model loads
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"  # positions count from the first token: padding goes after it
+        return Backbone(AutoModelForCausalLM.from_pretrained(path), tokenizer, path, "causal_lm")
     if config.is_encoder_decoder:
         model, mode = AutoModelForSeq2SeqLM.from_pretrained(path), "text_to_text"
     elif task.kind == "multiple_choice":

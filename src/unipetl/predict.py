@@ -8,6 +8,7 @@ import torch
 
 from .encoding import collator_for, encode
 from .errors import DataError
+from .label_words import LabelWordFormat, label_word_scores
 from .tasks import Example, build_examples, parse_text_target
 from .tasks.textfiles import jsonl_records
 
@@ -69,7 +70,11 @@ def predict_examples(petl, backbone, spec, examples, max_length: int = 128, batc
     out = []
     for start in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        batch.pop("labels", None)
+        labels = batch.pop("labels", None)
+        if backbone.mode == "causal_lm":  # the label words' scores where the answer starts
+            scores = label_word_scores(LabelWordFormat(spec, backbone.tokenizer).first_tokens)(petl(**batch).logits, labels)
+            out.extend(format_prediction(spec, row) for row in scores)
+            continue
         if backbone.mode == "text_to_text":
             generated = petl.generate(**batch, max_new_tokens=16)
             for text in backbone.tokenizer.batch_decode(generated, skip_special_tokens=True):

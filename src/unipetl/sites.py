@@ -54,6 +54,8 @@ class FamilyTable:
     # Positions reserved out of config.max_position_embeddings (RoBERTa and MPNet count from the padding
     # index + 1); None where positions are relative and the input length has no such limit (T5).
     reserved_positions: int | None = 0
+    # Decoder-only language models: classification tasks train through the LM head (label_words.py).
+    causal_lm: bool = False
 
 
 _BERT_LIKE_ATTENTION = (
@@ -149,6 +151,7 @@ FAMILIES: tuple[FamilyTable, ...] = (
                             "self_attn.o_proj"),),
             ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", None),),
         pre_layernorm=True,
+        causal_lm=True,
         reserved_positions=None,  # rotary positions: the model's own limit is a training length, not a table size
     ),
 )
@@ -201,12 +204,16 @@ def supported_model_types() -> list[str]:
 
 
 def family_for(model: nn.Module) -> FamilyTable:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return family_for_config(getattr(model, "config", None), type(model).__name__)
+
+
+def family_for_config(config, what: str = "model") -> FamilyTable:
+    model_type = getattr(config, "model_type", None)
     for fam in FAMILIES:
         if model_type in fam.model_types:
             return fam
     raise UnsupportedModelError(
-        f"unsupported architecture {model_type!r} ({type(model).__name__}); supported model types: "
+        f"unsupported architecture {model_type!r} ({what}); supported model types: "
         f"{', '.join(supported_model_types())}"
     )
 

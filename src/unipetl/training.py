@@ -201,7 +201,7 @@ def build_trainer(petl: PetlModel, backbone: Backbone, io: TaskIO, options: Trai
     callbacks = [EarlyStoppingCallback(options.early_stopping_patience)] if options.early_stopping_patience else []
     trainer = PetlTrainer(model=petl, args=args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
                           data_collator=io.collator(backbone), compute_metrics=io.metrics_function("validation", backbone),
-                          callbacks=callbacks)
+                          callbacks=callbacks, preprocess_logits_for_metrics=io.logits_reducer(backbone))
     trainer.generation_kwargs = io.generation_kwargs()
     trainer.collapse_watch = None
     if io.kind in COLLAPSE_KINDS and backbone.mode != "text_to_text":  # a head of scores or values

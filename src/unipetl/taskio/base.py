@@ -52,6 +52,10 @@ class TaskIO:
     def main_score(self, metrics: dict[str, float]) -> float:
         return float(metrics[self.main_metric])
 
+    def logits_reducer(self, backbone) -> Callable | None:
+        """The Trainer's preprocess_logits_for_metrics, where the raw logits are too large to gather."""
+        return None
+
     # --- trainer settings ----------------------------------------------------------------------
     def trainer_arguments(self, backbone) -> dict[str, Any]:
         """Extra Seq2SeqTrainingArguments (generation, label smoothing)."""

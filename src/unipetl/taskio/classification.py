@@ -8,6 +8,7 @@ from transformers.trainer_pt_utils import nested_truncate
 
 from ..encoding import collator_for, encode
 from ..errors import DataError
+from ..label_words import LabelWordFormat, label_word_scores
 from ..predict import predict_examples, read_inputs
 from ..tasks import TaskSpec, compute_metrics, load_custom, main_score, parse_text_target, record_predictions
 from .base import TaskIO
@@ -38,6 +39,11 @@ class ClassificationIO(TaskIO):
 
     def main_score(self, metrics):
         return main_score(self.spec, metrics)
+
+    def logits_reducer(self, backbone):
+        if backbone.mode != "causal_lm":
+            return None
+        return label_word_scores(LabelWordFormat(self.spec, backbone.tokenizer).first_tokens)
 
     def trainer_arguments(self, backbone):
         if backbone.mode != "text_to_text":
