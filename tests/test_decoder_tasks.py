@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers as T
 
+from tiny_models import save_tiny_llama
 from unipetl.defaults import default_model_path
 from unipetl.errors import ConfigError
 from unipetl.label_words import LabelWordFormat, answer_position, label_word_scores
@@ -26,15 +27,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory, tokenizer):
-    """A saved tiny Llama causal LM (2 layers, grouped-query attention) with the MiniLM's WordPiece tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = T.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           intermediate_size=64, vocab_size=tokenizer.vocab_size, max_position_embeddings=256,
-                           pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    T.LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    """A saved tiny Llama causal LM with the MiniLM's WordPiece tokenizer."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 
 def test_the_instruction_has_no_loss_and_the_answer_is_the_label_word(tokenizer):

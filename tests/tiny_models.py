@@ -96,3 +96,15 @@ def logits(model, batch):
         inputs["labels"] = batch["labels"]  # seq2seq needs decoder inputs; loss is ignored (causal LMs too)
     with torch.no_grad():
         return model(**inputs).logits
+
+
+def save_tiny_llama(folder, tokenizer, seed: int = 0):
+    """A saved tiny Llama causal LM (2 layers, grouped-query attention, tied embeddings) with ``tokenizer`` (its
+    vocabulary sizes the model): a stand-in for a real decoder in end-to-end runs."""
+    torch.manual_seed(seed)
+    config = T.LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                           num_key_value_heads=HEADS // 2, intermediate_size=FFN, vocab_size=len(tokenizer),
+                           max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    T.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

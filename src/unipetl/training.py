@@ -355,6 +355,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
                     f"trainable {report['trainable_params']:,} (+ head {report['head_params']:,}) | lr {learning_rate:g}")
             train_seconds = resume_and_train(trainer, work, resume, log)
         metrics = evaluate_split(trainer, encoded["test"], io, backbone, "test")
+        metrics.update(io.generated_metrics(petl, backbone, "test", options.max_length))
         extra_tests = {name: evaluate_split(trainer, encoded[name], io, backbone, name)
                        for name in splits if name.startswith("test_")}
         if splits["validation"] is splits["test"]:  # dev_as_test: the same examples, no second pass
@@ -482,7 +483,8 @@ def evaluate_module(module_dir: str, task: str | None = None, data_dir: str | No
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer, encoded = build_trainer(petl, backbone, io, options, Path(tmp), 1e-4)
-        return evaluate_split(trainer, encoded[split], io, backbone, split)
+        metrics = evaluate_split(trainer, encoded[split], io, backbone, split)
+        return {**metrics, **io.generated_metrics(petl, backbone, split, options.max_length)}
 
 
 # ----------------------------------------------------------------------- multi-task training

@@ -1,5 +1,5 @@
 """Task types as the training loop sees them: GLUE/SuperGLUE-style classification, extractive QA,
-sequence-to-sequence generation and multi-label classification (see base.TaskIO)."""
+sequence-to-sequence generation, multi-label classification and instruction tuning (see base.TaskIO)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from ..tasks import FILE_FORMAT_TASKS, QA_TASKS, custom_splits, get_task, is_fil
 from ..tasks.generation import SEQ2SEQ_TASKS, require_metric_packages
 from .base import TaskIO, cap_splits, file_splits, seeded_subset
 from .classification import ClassificationIO
+from .instruction import InstructionIO, load_instruction_splits
 from .multilabel import MultiLabelIO, load_multilabel_splits
 from .qa import ExtractiveQAIO, load_qa_hub, load_qa_splits
 from .seq2seq import Seq2SeqIO, generation_settings, load_seq2seq_hub_splits, load_seq2seq_splits
@@ -39,6 +40,12 @@ def task_io_for(task: str, data_dir=None, protocol: str = "dev_as_test", seed: i
             raise ConfigError(f"--protocol {protocol!r} splits GLUE/SuperGLUE tasks; {name}'s splits are its files")
         files = custom or {}
         paths = (files.get("train_file"), files.get("validation_file"), files.get("test_file"))
+        if name == InstructionIO.name:
+            if not files.get("train_file"):
+                raise DataError("task 'instruction' trains on your JSONL files: give --train-file (and optionally "
+                                "--validation-file and --test-file)")
+            return InstructionIO(cap_splits(load_instruction_splits(*paths, seed), max_train_samples,
+                                            max_validation_samples, seed))
         if name in QA_TASKS:
             splits = load_qa_splits(*paths, seed) if files.get("train_file") else load_qa_hub()
             io = ExtractiveQAIO(cap_splits(splits, max_train_samples, max_validation_samples, seed), doc_stride)
@@ -74,6 +81,8 @@ def task_io_from_header(info: dict) -> TaskIO:
         return ExtractiveQAIO.from_header(info)
     if kind == Seq2SeqIO.kind:
         return Seq2SeqIO.from_header(info)
+    if kind == InstructionIO.kind:
+        return InstructionIO.from_header(info)
     if kind == MultiLabelIO.kind:
         return MultiLabelIO.from_header(info)
     if info.get("benchmark") == "custom" and info["name"] != "polarity":
@@ -82,6 +91,6 @@ def task_io_from_header(info: dict) -> TaskIO:
     return ClassificationIO(get_task(info["name"]))
 
 
-__all__ = ["CUSTOM_KINDS", "ClassificationIO", "ExtractiveQAIO", "FILE_FORMAT_TASKS", "MultiLabelIO", "QA_TASKS",
+__all__ = ["CUSTOM_KINDS", "ClassificationIO", "ExtractiveQAIO", "FILE_FORMAT_TASKS", "InstructionIO", "MultiLabelIO", "QA_TASKS",
            "Seq2SeqIO", "TaskIO", "cap_splits", "file_splits", "is_file_format_task", "seeded_subset", "task_io_for",
            "task_io_from_header"]

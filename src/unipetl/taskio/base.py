@@ -52,6 +52,10 @@ class TaskIO:
     def main_score(self, metrics: dict[str, float]) -> float:
         return float(metrics[self.main_metric])
 
+    def generated_metrics(self, petl, backbone, split: str, max_length: int) -> dict[str, float]:
+        """Metrics of the split scored by generating (instruction tuning's test split); none by default."""
+        return {}
+
     def logits_reducer(self, backbone) -> Callable | None:
         """The Trainer's preprocess_logits_for_metrics, where the raw logits are too large to gather."""
         return None

@@ -18,7 +18,8 @@ from .custom import custom_splits, custom_task_spec
 from .generation import SEQ2SEQ_TASKS
 
 QA_TASKS = ("squad",)
-FILE_FORMAT_TASKS = QA_TASKS + tuple(SEQ2SEQ_TASKS)  # tasks whose files have their own layout (no --text-columns)
+INSTRUCTION_TASK = "instruction"  # a decoder-only LM tuned on the user's prompt/completion or chat JSONL
+FILE_FORMAT_TASKS = QA_TASKS + tuple(SEQ2SEQ_TASKS) + (INSTRUCTION_TASK,)  # tasks whose files have their own layout (no --text-columns)
 
 
 def is_file_format_task(name: str) -> bool:
