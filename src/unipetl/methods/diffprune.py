@@ -148,11 +148,13 @@ class DiffPruning(Method):
         for path, entries in by_module.items():
             module = self.host.model.get_submodule(path)
             op = next((op for kind, op in DIFF_OPS if isinstance(module, kind)), None)
+            if op is None and is_rms_norm(module):
+                op = DiffRMSNormOp
             if op is DiffEmbeddingOp and path.endswith("relative_attention_bias"):
                 op = DiffSharedTableOp  # looked up once for all rows (MPNet, T5): served task by task
             if op is None:
                 raise ConfigError(f"diff pruning in a task bank: the diff changes {path} ({type(module).__name__}); "
-                                  f"mixed batches apply diffs to Linear, LayerNorm and Embedding modules only")
+                                  f"mixed batches apply diffs to Linear, LayerNorm, RMS norm and Embedding modules only")
             parts.append(Part(op, path, "hook", entries))
         return parts
 
@@ -258,6 +260,23 @@ class DiffLayerNormOp(MixedOp):
         beta = _dense_rows(self, "bias", width, x)[:, None]
         normed = F.layer_norm(x, (width,), eps=module.eps)
         return output + torch.addcmul(beta, normed, gamma).view(output.shape)
+
+
+def is_rms_norm(module: nn.Module) -> bool:
+    """An RMS norm (Llama's, Qwen's, Mistral's, T5's, torch's): weight * x / rms(x), with no bias."""
+    return isinstance(module, nn.RMSNorm) or type(module).__name__.endswith(("RMSNorm", "T5LayerNorm"))
+
+
+class DiffRMSNormOp(MixedOp):
+    """A sparse diff on an RMS norm's weight for many tasks: RMSNorm(x) + (x / rms(x)) * dgamma_t."""
+
+    def hook(self, module, args, output):
+        x = rows_of(args[0], self.routing.rows)
+        gamma = _dense_rows(self, "weight", x.shape[-1], x)[:, None]
+        eps = getattr(module, "variance_epsilon", getattr(module, "eps", None) or 1e-6)
+        states = x.float()
+        normed = (states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+        return output + (normed * gamma).view(output.shape)
 
 
 class DiffEmbeddingOp(MixedOp):

@@ -23,10 +23,14 @@ class PromptOp(MixedOp):
     """Prompts of many tasks in one batch: each row becomes [its task's prompt, its tokens, padding], so
     its tokens keep the positions 0 + l_t ... they have in its single-task model, and the head's first
     position is its own prompt's first (or its [CLS] where the task has no prompt). Prompts of different
-    lengths leave masked padding at the end of the row. Only for heads that read the first position
-    (the bank serves classification and regression heads)."""
+    lengths leave masked padding at the end of the row. Heads that read the first position (encoders'
+    classification and regression heads) find it in place; a decoder's label words are read at a position
+    shifted by the row's prompt length (``row_lengths``)."""
+
+    row_lengths: torch.Tensor | None = None  # each row's prompt length in the batch last prepared
 
     def prepare_inputs(self, kwargs: dict, embed) -> dict:
+        self.row_lengths = None
         if not self.active_tasks():
             return kwargs  # no prompt in this batch
         kwargs = dict(kwargs)
@@ -39,6 +43,7 @@ class PromptOp(MixedOp):
                                for t in self.routing.present])[self.routing.slot]
         lengths = torch.tensor([prompts[t].shape[0] if t in prompts else 0 for t in self.routing.present],
                                device=embeds.device)[self.routing.slot]
+        self.row_lengths = lengths
         # Position j of a row reads prompt position j (j < l_t), else token j - l_t, else padding.
         position = torch.arange(longest + length, device=embeds.device)[None].expand(rows, -1)
         in_prompt = position < lengths[:, None]

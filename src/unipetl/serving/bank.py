@@ -8,7 +8,9 @@ Interface (the server and the CLI build on exactly this):
         recorded by the modules loaded (128 when none records one).
     bank.add(directory, name=None) -> dict
         Load a task module; name defaults to the directory's name (the run folder's name for a
-        folder called "module", as `unipetl train` writes them). Returns its description
+        folder called "module", as `unipetl train` writes them). Encoders' modules with a
+        sequence-classification head, or decoders' classification modules (label words scored
+        under the bank's own LM head; one kind per bank, as its backbone is). Returns its description
         (as in tasks()). Raises ConfigError (name already loaded, or a method/head the bank cannot
         serve), ModuleFormatError (not a module, trained on another backbone: the fingerprint reason),
         DataError. Nothing changes in the bank when it raises.
@@ -51,10 +53,11 @@ from .. import attention as prefix_attention
 from ..encoding import collator_for, encode
 from ..errors import ConfigError, DataError, ModuleFormatError, UnknownTaskError
 from ..insertion import InputCapture, set_module
+from ..label_words import LabelWordFormat, answer_position
 from ..mixing import Installed, LinearDeltaOp, MixedLinear, MixedOp, MixedPfeifferLayerNorm, Part, Routing
 from ..module_format import HEADER_FILE, WEIGHTS_FILE
 from ..predict import examples_from_row, format_prediction
-from ..sites import resolve_sites
+from ..sites import family_for_config, resolve_sites
 from ..storage import load_petl_model, read_module
 from ..taskio import task_io_from_header
 from ..taskio.classification import ClassificationIO
@@ -96,6 +99,7 @@ class TaskEntry:
     max_length: int
     description: dict
     grouped: bool  # a part does not batch across tasks: served in forwards of its own
+    layout: Any = None  # a decoder's task: its instruction layout and label words (label_words.LabelWordFormat)
 
     @property
     def stub(self) -> "_Precomputed":
@@ -114,6 +118,7 @@ class TaskBank:
         self.shared = weakref.WeakValueDictionary()  # what tasks share (a ProPETL prototype), held once
         self.max_length_override = max_length
         self.host: nn.Module | None = None  # the backbone, inside a model whose module paths the parts use
+        self.causal = False  # a decoder-only LM: its tasks classify by label words under its own LM head
         self.tokenizer = tokenizer
         self.model_name = None
         if isinstance(model, nn.Module):
@@ -147,14 +152,19 @@ class TaskBank:
                                         f"`unipetl train`")
             io = task_io_from_header(info)
             architecture = header["backbone"].get("architecture", "")
-            if not isinstance(io, ClassificationIO) or io.kind not in ("classification", "regression") or \
-                    not architecture.endswith("ForSequenceClassification"):
+            causal = info.get("mode") == "causal_lm"  # a decoder's classification task, scored by label words
+            servable = architecture.endswith("ForCausalLM") if causal else \
+                architecture.endswith("ForSequenceClassification") and io.kind in ("classification", "regression")
+            if not isinstance(io, ClassificationIO) or not servable:
                 raise ConfigError(f"{directory}: a task bank serves classification and regression modules with a "
-                                  f"sequence-classification head; this is a {info.get('kind')!r} task on a "
-                                  f"{architecture or 'unknown'} model")
+                                  f"sequence-classification head, and decoders' classification modules scored by "
+                                  f"label words; this is a {info.get('kind')!r} task on a {architecture or 'unknown'} model")
             if self.host is None:
                 self._load_backbone(self.model_name or info.get("model"))
-            head = self._head_model(header)
+            if causal != self.causal:
+                raise ConfigError(f"{directory}: a {architecture} module; this bank's backbone is a {type(self.host).__name__}")
+            # A decoder's LM head is the backbone's: its tasks attach to the bank's model itself.
+            head = self.host if causal else self._head_model(header)
             self._uninstall()  # a pristine backbone: the fingerprint check and the module's own attach need it
             try:
                 petl = load_petl_model(head, directory).eval()  # refuses another backbone by its fingerprint
@@ -169,9 +179,12 @@ class TaskBank:
             except BaseException:
                 self._install()  # the bank as it was
                 raise
-            setattr(head, head.base_model_prefix, _Precomputed())  # the head alone from now on
-            entry = TaskEntry(name, directory, io.spec, head, parts, int(info.get("max_length", DEFAULT_MAX_LENGTH)),
-                              self._describe(header, io, directory), any(not p.op.batched for p in parts))
+            if not causal:
+                setattr(head, head.base_model_prefix, _Precomputed())  # the head alone from now on
+            entry = TaskEntry(name, directory, io.spec, None if causal else head, parts,
+                              int(info.get("max_length", DEFAULT_MAX_LENGTH)), self._describe(header, io, directory),
+                              any(not p.op.batched for p in parts),
+                              LabelWordFormat(io.spec, self.tokenizer) if causal else None)
             self.entries[name] = entry
             try:
                 self._install()
@@ -241,11 +254,17 @@ class TaskBank:
             for task, items in pending.items():
                 entry = self.entries[task]
                 length = self.max_length_override or entry.max_length
-                features = encode([ex for _, ex in items], entry.spec, self.tokenizer, "classify", length)
-                for (i, example), feature in zip(items, features.features):
-                    feature.pop("labels", None)
-                    rows.append((i, task, feature, self._untruncated_length(example) > length))
-            collate = collator_for("classify", self.tokenizer)
+                if entry.layout is not None:  # instruction + any label word: its labels mark where the answer starts
+                    features = [entry.layout.features(ex, length) for _, ex in items]
+                    untruncated = [len(entry.layout.features(ex, 10 ** 9)["input_ids"]) for _, ex in items]
+                else:
+                    features = encode([ex for _, ex in items], entry.spec, self.tokenizer, "classify", length).features
+                    untruncated = [self._untruncated_length(ex) for _, ex in items]
+                for (i, _), feature, full_length in zip(items, features, untruncated):
+                    if entry.layout is None:
+                        feature.pop("labels", None)
+                    rows.append((i, task, feature, full_length > length))
+            collate = collator_for("causal_lm" if self.causal else "classify", self.tokenizer)
             for start in range(0, len(rows), MAX_BATCH_ROWS):
                 chunk = rows[start:start + MAX_BATCH_ROWS]
                 batch = collate([feature for _, _, feature, _ in chunk])
@@ -299,7 +318,8 @@ class TaskBank:
         kwargs = dict(inputs)
         for op in self.prompt_ops:
             kwargs = op.prepare_inputs(kwargs, self.base.get_input_embeddings())
-        context = first_position.first_position_only(self.host, self.sites, kwargs) if all(
+        labels = kwargs.pop("labels", None)
+        context = first_position.first_position_only(self.host, self.sites, kwargs) if not self.causal and all(
             first_position.applies(self.entries[t].head, self.sites, kwargs) for t in self.routing.present) else nullcontext()
         try:
             with context:
@@ -307,6 +327,8 @@ class TaskBank:
         finally:
             self.routing.slot = None
         hidden, pooled = outputs.last_hidden_state, getattr(outputs, "pooler_output", None)
+        if self.causal:
+            return self._label_word_scores(hidden, labels, row_tasks)
         slots = torch.tensor([self.routing.present.index(t) for t in row_tasks], device=device)
         logits: list = [None] * len(row_tasks)
         for i, task in enumerate(self.routing.present):
@@ -322,24 +344,50 @@ class TaskBank:
                 logits[row] = value
         return logits
 
+    def _label_word_scores(self, hidden: torch.Tensor, labels: torch.Tensor | None, row_tasks: list[str]) -> list:
+        """A decoder's rows: the LM head at the position before each row's answer (shifted by the row's prompt
+        where prompt tuning put one in front), read at its task's label words' first tokens."""
+        if labels is None:
+            raise DataError("a decoder's task bank needs each row's answer position: give the rows' labels "
+                            "(TaskBank.predict builds them)")
+        position = answer_position(labels)
+        for op in self.prompt_ops:
+            if op.row_lengths is not None:
+                position = position + op.row_lengths
+        rows = torch.arange(len(row_tasks), device=hidden.device)
+        logits = self.host.get_output_embeddings()(hidden[rows, position])
+        return [logits[i, self.entries[task].layout.first_tokens] for i, task in enumerate(row_tasks)]
+
     # ------------------------------------------------------------------ loading
     def _load_backbone(self, name_or_path: str | None) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
         from ..backbone import load_model_config, quiet_transformers
 
         quiet_transformers()
-        path, _ = load_model_config(name_or_path)
+        path, config = load_model_config(name_or_path)
         self.model_name = path
-        self._set_host(AutoModelForSequenceClassification.from_pretrained(path).eval())
+        head_class = AutoModelForCausalLM if family_for_config(config).causal_lm else AutoModelForSequenceClassification
+        self._set_host(head_class.from_pretrained(path).eval())
         if self.tokenizer is None:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
+            if self.causal:
+                self._decoder_tokenizer()
 
     def _set_host(self, model: nn.Module) -> None:
         for param in model.parameters():
             param.requires_grad_(False)
         self.host, self.base = model, model.base_model
         self.sites = resolve_sites(model)
+        self.causal = self.sites.family.causal_lm
+        if self.causal and self.tokenizer is not None:
+            self._decoder_tokenizer()
+
+    def _decoder_tokenizer(self) -> None:
+        """Rows padded after their tokens (positions count from the first), with a pad token."""
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"
 
     def _head_model(self, header: dict) -> nn.Module:
         """The task's own model class with the bank's backbone in it; its head is filled by loading the module."""
