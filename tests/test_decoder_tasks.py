@@ -122,3 +122,21 @@ def test_a_regression_task_on_a_decoder_is_refused_before_anything_is_written(ti
     assert done.returncode != 0
     assert "regression" in done.stderr and "decoder-only" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_sequence_classification_head_option_trains_classification_and_regression(tiny_llama, tmp_path):
+    for task in ("sst2", "stsb"):
+        run = tmp_path / task
+        done = unipetl("train", "--task", task, "--method", "lora", "--model", tiny_llama, "--data-dir", GLUE,
+                       "--decoder-head", "sequence_classification", "--max-train-samples", 32, "--epochs", 1,
+                       "--max-length", 48, "--output", run)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results = json.loads((run / "results.json").read_text())
+        assert results["head_params"] == 32 * (2 if task == "sst2" else 1)  # the new score head, no bias
+        evaluated = unipetl("evaluate", "--module", run / "module")
+        assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+        assert json.loads(evaluated.stdout)["main_score"] == pytest.approx(results["main_score"])
+    from unipetl.serving import TaskBank
+
+    with pytest.raises(ConfigError, match="sequence-classification head reads the last token"):
+        TaskBank().add(tmp_path / "sst2" / "module")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .defaults import resolve_model
-from .errors import DataError, UnsupportedModelError
+from .errors import ConfigError, DataError, UnsupportedModelError
 from .sites import FAMILIES, family_for_config, supported_model_types
 
 
@@ -48,22 +48,27 @@ def load_model_config(name_or_path: str | None):
     return str(path), config
 
 
-def load_backbone(name_or_path: str | None, task) -> Backbone:
-    """Model with the right head for ``task`` (a TaskSpec) and its tokenizer; hub names work when online."""
+def load_backbone(name_or_path: str | None, task, decoder_head: str = "label_words") -> Backbone:
+    """Model with the right head for ``task`` (a TaskSpec) and its tokenizer; hub names work when online.
+    ``decoder_head``: on a decoder-only LM, "label_words" (its LM head) or "sequence_classification"."""
     from transformers import (AutoModelForCausalLM, AutoModelForMultipleChoice, AutoModelForSeq2SeqLM,
                               AutoModelForSequenceClassification, AutoTokenizer)
 
     quiet_transformers()
     path, config = load_model_config(name_or_path)
-    if family_for_config(config).causal_lm:
-        from .label_words import LabelWordFormat
-
+    decoder = family_for_config(config).causal_lm
+    if decoder:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        LabelWordFormat(task, tokenizer)  # refuses tasks a decoder does not train here, before the model loads
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "right"  # positions count from the first token: padding goes after it
-        return Backbone(AutoModelForCausalLM.from_pretrained(path), tokenizer, path, "causal_lm")
+        if decoder_head == "label_words":
+            from .label_words import LabelWordFormat
+
+            LabelWordFormat(task, tokenizer)  # refuses tasks a decoder does not train here, before the model loads
+            return Backbone(AutoModelForCausalLM.from_pretrained(path), tokenizer, path, "causal_lm")
+        if task.kind == "multiple_choice":
+            raise ConfigError(f"task {task.name!r} is a multiple-choice task: decoder-only models do not train it here")
     if config.is_encoder_decoder:
         model, mode = AutoModelForSeq2SeqLM.from_pretrained(path), "text_to_text"
     elif task.kind == "multiple_choice":
@@ -78,8 +83,11 @@ def load_backbone(name_or_path: str | None, task) -> Backbone:
         if other_head:
             print(f"warning: --model {path!r} has a {config.num_labels}-label classification head; task {task.name!r} "
                   f"has {task.num_labels}: a new head is trained in its place", file=sys.stderr)
+        if decoder:  # the head reads the last token that is not padding
+            extra["pad_token_id"] = tokenizer.pad_token_id
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels,
                                                                    ignore_mismatched_sizes=other_head, **extra)
         mode = "classify"
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not decoder:
+        tokenizer = AutoTokenizer.from_pretrained(path)
     return Backbone(model, tokenizer, path, mode)

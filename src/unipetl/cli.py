@@ -68,6 +68,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                              "or accelerate join one gloo group)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--decoder-head", default="label_words", choices=["label_words", "sequence_classification"],
+                        help="decoder-only models: classify by scoring label words under the LM head (default), or "
+                             "train a sequence-classification head on the last token (regression too)")
     parser.add_argument("--torch-dropout", action="store_true",
                         help="CPU training: draw dropout masks with torch's sampler, not unipetl's faster one")
     custom = parser.add_argument_group(
@@ -199,7 +202,7 @@ def cmd_train(args) -> int:
         early_stopping_patience=args.early_stopping_patience,
         precision=args.precision, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
         progress=not args.no_progress, fast_cpu_dropout=not args.torch_dropout, cpu=args.cpu,
-        keep_checkpoints=args.keep_checkpoints)
+        keep_checkpoints=args.keep_checkpoints, decoder_head=args.decoder_head)
     check_before_loading(args, options)
     from .training import train_task
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass, fields
 from .errors import ConfigError
 
 
+DECODER_HEADS = ("label_words", "sequence_classification")
+
+
 @dataclass
 class TrainOptions:
     epochs: float = 3.0
@@ -28,7 +31,10 @@ class TrainOptions:
     progress: bool = True
     fast_cpu_dropout: bool = True  # CPU training: unipetl.dropout's sampler (False: torch's)
     cpu: bool = False  # train on the CPU even where a GPU is visible (torchrun/accelerate on a CPU machine)
-    keep_checkpoints: bool = False  # keep OUTPUT/checkpoints after a successful run (they only serve --resume)
+    keep_checkpoints: bool = False
+    # How a decoder-only LM classifies: its LM head scoring label words, or a new sequence-classification
+    # head on the last token (which also does regression).
+    decoder_head: str = "label_words"  # keep OUTPUT/checkpoints after a successful run (they only serve --resume)
 
     def validate(self) -> None:
         for field in fields(self):  # NaN passes every comparison below, and inf trains to garbage or crashes
@@ -46,5 +52,7 @@ class TrainOptions:
             raise ConfigError(f"--warmup-ratio={self.warmup_ratio} must be in [0, 1)")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ConfigError(f"--weight-decay={self.weight_decay} must be zero or more")
+        if self.decoder_head not in DECODER_HEADS:
+            raise ConfigError(f"--decoder-head={self.decoder_head!r}; allowed: {', '.join(DECODER_HEADS)}")
         if self.precision not in ("fp32", "fp16", "bf16", "auto"):
             raise ConfigError(f"--precision={self.precision!r}; allowed: fp32, fp16, bf16, auto")

@@ -326,6 +326,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     if resume and staged:
         raise ConfigError(f"--resume is not available for {staged[0].title} (its stages run in one go); start the run again")
     set_seed(options.seed)  # head and method initialisation (adapters, LoRA, mask scores) are part of the seeded run
+    io.decoder_head = options.decoder_head
     backbone = io.load_backbone(model)
     if method in TRANSFER_METHODS:
         petl = get_transfer_model(backbone.model, sources, method, fast_cpu_dropout=options.fast_cpu_dropout,
@@ -440,6 +441,7 @@ def load_task_module(module_dir: str, model: str | None = None):
     if "name" not in task_info:
         raise DataError(f"{module_dir}: the module header names no task; it was not written by `unipetl train`")
     io = task_io_from_header(task_info)
+    io.decoder_head = "sequence_classification" if task_info.get("mode") == "classify" else "label_words"
     backbone = io.load_backbone(model or task_info.get("model"))
     petl = load_petl_model(backbone.model, module_dir).eval()
     return petl, backbone, io, task_info

@@ -161,6 +161,10 @@ class TaskBank:
                                   f"label words; this is a {info.get('kind')!r} task on a {architecture or 'unknown'} model")
             if self.host is None:
                 self._load_backbone(self.model_name or info.get("model"))
+            if self.causal and not causal:
+                raise ConfigError(f"{directory}: a decoder's sequence-classification head reads the last token of "
+                                  f"each input, which a task bank does not serve; train with label words (the default "
+                                  f"--decoder-head) to serve it")
             if causal != self.causal:
                 raise ConfigError(f"{directory}: a {architecture} module; this bank's backbone is a {type(self.host).__name__}")
             # A decoder's LM head is the backbone's: its tasks attach to the bank's model itself.

@@ -26,6 +26,7 @@ class TaskIO:
     kind: str
     metrics: tuple[str, ...] = ()
     main_metric: str = ""
+    decoder_head: str = "label_words"  # how a decoder-only LM classifies (options.DECODER_HEADS)
 
     def __init__(self, splits: dict[str, list] | None = None):
         self.splits = splits or {}

@@ -26,7 +26,7 @@ class ClassificationIO(TaskIO):
     def load_backbone(self, model):
         from ..backbone import load_backbone
 
-        return load_backbone(model, self.spec)
+        return load_backbone(model, self.spec, self.decoder_head)
 
     def encode(self, split, backbone, max_length):
         return encode(self.splits[split], self.spec, backbone.tokenizer, backbone.mode, max_length)
