@@ -41,10 +41,11 @@ def refuse(model, directory, match):
 
 
 def test_unsupported_architecture_lists_the_supported_ones():
-    gpt2 = T.GPT2LMHeadModel(T.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50))
-    with pytest.raises(UnsupportedModelError, match="'gpt2'.*supported model types: bart, bert, llama, mbart, mistral, mpnet, mt5, "
-                                                   "qwen2, qwen3, roberta, t5, xlm-roberta"):
-        unipetl.get_petl_model(gpt2, "lora")
+    neox = T.GPTNeoXForCausalLM(T.GPTNeoXConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                                intermediate_size=64, vocab_size=50))
+    with pytest.raises(UnsupportedModelError, match="'gpt_neox'.*supported model types: bart, bert, gpt2, llama, mbart, "
+                                                   "mistral, mpnet, mt5, qwen2, qwen3, roberta, t5, xlm-roberta"):
+        unipetl.get_petl_model(neox, "lora")
 
 
 def test_loading_onto_another_checkpoint_is_refused(saved):

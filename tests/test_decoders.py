@@ -77,7 +77,7 @@ def test_the_prefix_under_grouped_query_attention_equals_a_multi_head_model_with
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", CAUSAL)
+@pytest.mark.parametrize("family", [f for f in CAUSAL if f != "gpt2"])  # GPT-2 ties its head to the embeddings
 def test_the_lm_head_is_the_backbones_frozen_and_not_stored(family, tmp_path):
     """An untied LM head (as in Llama-2-7B: 131 M parameters) is pretrained, not a task's: it does not train,
     the module holds none of it, and the fingerprint covers it."""

@@ -20,14 +20,15 @@ PRESETS = {"lora": {}, "pfeiffer": {}, "prefix": dict(attn_bn=5, mid_dim=12), "p
 TEXTS = ["a fine film", "dull and far too long", "it works", "the plot is a mess , the cast is not", "yes", "meh"]
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def folder(tmp_path_factory, request):
+    """A saved tiny decoder: Llama (grouped-query attention, RMS norms) or GPT-2 (Conv1D, fused q/k/v)."""
     tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
-    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
+    return save_tiny_llama(tmp_path_factory.mktemp(f"tiny-{request.param}"), tokenizer, family=request.param)
 
 
 def load(folder):
-    return T.LlamaForCausalLM.from_pretrained(folder).eval()
+    return T.AutoModelForCausalLM.from_pretrained(folder).eval()
 
 
 def save_task(directory, folder, preset: str, task: str, seed: int):
@@ -95,7 +96,7 @@ def test_a_decoder_bank_refuses_an_encoder_module_and_stays_as_it_was(folder, tm
     bank.add(save_task(tmp_path / "lora", folder, "lora", "sst2", 0), "lora")
     encoder = unipetl.get_petl_model(tiny_model("bert", num_labels=2), "lora")
     encoder.save(tmp_path / "encoder", task={"name": "sst2", "kind": "classification", "mode": "classify"})
-    with pytest.raises(ConfigError, match="this bank's backbone is a LlamaForCausalLM"):
+    with pytest.raises(ConfigError, match="this bank's backbone is a (LlamaForCausalLM|GPT2LMHeadModel)"):
         bank.add(tmp_path / "encoder", "encoder")
     assert list(bank.tasks()) == ["lora"]
     assert bank.predict([{"task": "lora", "text": "fine"}])[0]["prediction"] in ("negative", "positive")

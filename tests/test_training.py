@@ -177,10 +177,11 @@ def test_bad_label_in_a_data_file_names_file_line_and_field(tiny_bert, tmp_path,
 
 @needs_glue
 def test_unsupported_model_is_refused_before_training(tmp_path, capsys):
-    path = tmp_path / "gpt2"
-    T.GPT2Model(T.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50)).save_pretrained(path)
+    path = tmp_path / "neox"
+    T.GPTNeoXModel(T.GPTNeoXConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                                   vocab_size=50)).save_pretrained(path)
     code = run_cli("train", "--task", "sst2", "--model", path, "--data-dir", GLUE, "--output-dir", tmp_path / "o")
-    assert code == 2 and "'gpt2'" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert code == 2 and "'gpt_neox'" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 @needs_glue

@@ -8,10 +8,10 @@ ENCODERS = ("bert", "roberta", "mpnet")
 # Every model type the site table claims, one tiny model each: XLM-R (roberta family), mT5 and T5 v1.1
 # (t5 family, gated FFN: wi_0 and wi_1) and mBART (bart family). The contract suite runs over all of them.
 CONTRACT_FAMILIES = ("bert", "roberta", "mpnet", "t5", "bart", "xlmr", "mt5", "mbart", "t5v11", "llama", "qwen2",
-                     "mistral", "qwen3")
+                     "mistral", "qwen3", "gpt2")
 SEQ2SEQ = ("t5", "bart", "mt5", "mbart", "t5v11")
 # Decoder-only language models (causal-LM head): grouped-query attention (2 key/value heads for 4 query heads).
-CAUSAL = ("llama", "qwen2", "mistral", "qwen3")
+CAUSAL = ("llama", "qwen2", "mistral", "qwen3", "gpt2")
 HIDDEN, LAYERS, HEADS, FFN, VOCAB = 32, 2, 4, 64, 120
 
 
@@ -67,6 +67,9 @@ def tiny_model(family: str, num_labels: int = 3, seed: int = 0):
         model = T.MistralForCausalLM(T.MistralConfig(sliding_window=4, **_decoder_sizes()))
     elif family == "qwen3":  # RMS norms on each head's queries and keys
         model = T.Qwen3ForCausalLM(T.Qwen3Config(**_decoder_sizes()))
+    elif family == "gpt2":  # Conv1D projections, q, k and v fused in c_attn, an LM head tied to the embeddings
+        model = T.GPT2LMHeadModel(T.GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=FFN, vocab_size=VOCAB,
+                                               n_positions=128, pad_token_id=0, bos_token_id=1, eos_token_id=2))
     else:
         raise ValueError(family)
     return model.eval()
@@ -98,10 +101,17 @@ def logits(model, batch):
         return model(**inputs).logits
 
 
-def save_tiny_llama(folder, tokenizer, seed: int = 0):
-    """A saved tiny Llama causal LM (2 layers, grouped-query attention, tied embeddings) with ``tokenizer`` (its
-    vocabulary sizes the model): a stand-in for a real decoder in end-to-end runs."""
+def save_tiny_llama(folder, tokenizer, seed: int = 0, family: str = "llama"):
+    """A saved tiny Llama causal LM (2 layers, grouped-query attention, tied embeddings), or GPT-2 LM with
+    family="gpt2", with ``tokenizer`` (its vocabulary sizes the model): a stand-in for a real decoder in
+    end-to-end runs."""
     torch.manual_seed(seed)
+    if family == "gpt2":
+        config = T.GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=FFN, vocab_size=len(tokenizer),
+                              n_positions=256, pad_token_id=tokenizer.pad_token_id)
+        T.GPT2LMHeadModel(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
     config = T.LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                            num_key_value_heads=HEADS // 2, intermediate_size=FFN, vocab_size=len(tokenizer),
                            max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)

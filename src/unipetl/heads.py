@@ -13,6 +13,7 @@ import hashlib
 import torch
 from torch import nn
 
+from .linear_views import original_modules
 from .sites import head_table
 
 
@@ -41,6 +42,11 @@ def backbone_fingerprint(model: nn.Module) -> str:
     Sampling up to 4,096 values per tensor keeps this fast on base-size models while telling apart
     two checkpoints of the same architecture.
     """
+    with original_modules(model):  # the model as given: GPT-2's Conv1D, not the linear views of its tasks
+        return _fingerprint(model)
+
+
+def _fingerprint(model: nn.Module) -> str:
     head = set(head_parameter_names(model))
     digest = hashlib.sha256(str(getattr(model.config, "model_type", "")).encode())
     for name, param in model.named_parameters():

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .linear_views import set_module  # noqa: F401 - the wrappers' users put modules in place with it
+
 
 class InputCapture:
     """Forward pre-hook that keeps the latest first input of a module (the sub-layer input x)."""
@@ -122,7 +124,3 @@ class BiasDelta:
         self.handle.remove()
 
 
-def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, name, module)

@@ -27,7 +27,8 @@ from .methods.base import Method, Stage
 from .atomic import write_directory_atomically
 from .module_format import HEADER_FILE, WEIGHTS_FILE, serialize
 from .registry import methods_for, source_for
-from .sites import BackboneSites, resolve_sites
+from .linear_views import install_linear_views, original_modules, remove_linear_views
+from .sites import BackboneSites, family_for, resolve_sites
 
 __all__ = ["PetlModel", "get_petl_model", "attached_method", "has_method_attached", "head_parameter_names",
            "pooler_parameter_names", "backbone_fingerprint"]
@@ -63,11 +64,24 @@ class PetlModel(nn.Module):
         super().__init__()
         if not isinstance(config, PetlConfig):
             raise ConfigError(f"config must be a PetlConfig, got {type(config).__name__}")
-        self.sites: BackboneSites = resolve_sites(model)  # raises for unsupported architectures first
+        family = family_for(model)  # raises for unsupported architectures first
         if has_method_attached(model):
             raise ConfigError("this model already has a unipetl method attached; call unload() on that PetlModel first")
+        with original_modules(model):  # the model as given (GPT-2: its Conv1D), whatever views it holds
+            self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}  # for unload
+            self.fingerprint = backbone_fingerprint(model)  # taken before anything is attached
+        # GPT-2's Conv1D as linears until unload() (unless a task bank holding the model put them there).
+        self._installed_views = install_linear_views(model, family.fused_qkv)
+        try:
+            self._attach(model, config, flat_prefix, frozen_masks, tasks, sources, fast_cpu_dropout)
+        except BaseException:
+            if self._installed_views:
+                remove_linear_views(model)
+            raise
+
+    def _attach(self, model, config, flat_prefix, frozen_masks, tasks, sources, fast_cpu_dropout) -> None:
+        self.sites: BackboneSites = resolve_sites(model)
         self.config = config
-        self.fingerprint = backbone_fingerprint(model)  # taken before anything is attached
         method_classes = methods_for(config)
         train_pooler = config.train_pooler
         if train_pooler is None:  # automatic: a head over a pooler trains it, as RoBERTa's head its own dense layer
@@ -92,7 +106,6 @@ class PetlModel(nn.Module):
         self.first_position_only = True
         self._wrapped: dict[str, nn.Module] = {}  # path -> original module, to unload
         self._hooks: list[Any] = []
-        self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}  # for unload
         source_class = None if any(c.replaces_design for c in method_classes) else source_for(config)
         self.source = source_class(self, config) if source_class else None
         self.plugins: list[Method] = ([self.source] if self.source else []) + [cls(self, config) for cls in method_classes]
@@ -303,12 +316,15 @@ class PetlModel(nn.Module):
         if self._attention_original is not None:
             self.model.set_attn_implementation(self._attention_original)
             self._attention_original = None
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, original in self._pooler_original.items():
-                params[name].copy_(original)
-        for name, param in params.items():
-            param.requires_grad_(self._requires_grad.get(name, True))
+        if self._installed_views:
+            remove_linear_views(self.model)
+        with original_modules(self.model):  # names as given: views a task bank keeps are left as they are
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name, original in self._pooler_original.items():
+                    params[name].copy_(original)
+            for name, param in params.items():
+                param.requires_grad_(self._requires_grad.get(name, True))
         return self.model
 
     def for_task_model(self, model: nn.Module, task: str | None = None) -> "PetlModel":

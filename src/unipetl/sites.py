@@ -56,6 +56,9 @@ class FamilyTable:
     reserved_positions: int | None = 0
     # Decoder-only language models: classification tasks train through the LM head (label_words.py).
     causal_lm: bool = False
+    # Modules computing q, k and v in one product (GPT-2's c_attn): seen as three linears while a method is
+    # attached (linear_views.py), named <path>.q, <path>.k and <path>.v here.
+    fused_qkv: tuple[str, ...] = ()
 
 
 _BERT_LIKE_ATTENTION = (
@@ -154,6 +157,19 @@ FAMILIES: tuple[FamilyTable, ...] = (
         causal_lm=True,
         reserved_positions=None,  # rotary positions: the model's own limit is a training length, not a table size
     ),
+    FamilyTable(
+        # Decoder-only, pre-LN; its projections are Conv1D (weights stored transposed) and q, k and v one fused
+        # Conv1D: methods see them as linear views (linear_views.py).
+        family="gpt2",
+        model_types=("gpt2",),
+        stacks=(StackTable(
+            "decoder", "h",
+            (AttentionTable("self", "attn", "attn.c_attn.q", "attn.c_attn.k", "attn.c_attn.v", "attn.c_proj"),),
+            ("mlp.c_fc",), "mlp.c_proj", None),),
+        pre_layernorm=True,
+        causal_lm=True,
+        fused_qkv=("attn.c_attn",),
+    ),
 )
 
 
@@ -177,6 +193,7 @@ HEADS: tuple[HeadTable, ...] = (
               per_position_outputs=("start_logits", "end_logits")),
     HeadTable("ForTokenClassification", "TOKEN_CLS", per_position_outputs=("logits",)),
     HeadTable("ForCausalLM", "CAUSAL_LM", has_pooler=False, per_position_outputs=("logits",), pretrained=True),
+    HeadTable("LMHeadModel", "CAUSAL_LM", has_pooler=False, per_position_outputs=("logits",), pretrained=True),  # GPT-2
 )
 OTHER_HEAD = HeadTable("", "FEATURE_EXTRACTION")
 

@@ -57,7 +57,8 @@ from ..label_words import LabelWordFormat, answer_position
 from ..mixing import Installed, LinearDeltaOp, MixedLinear, MixedOp, MixedPfeifferLayerNorm, Part, Routing
 from ..module_format import HEADER_FILE, WEIGHTS_FILE
 from ..predict import examples_from_row, format_prediction
-from ..sites import family_for_config, resolve_sites
+from ..linear_views import install_linear_views
+from ..sites import family_for, family_for_config, head_table_for, resolve_sites
 from ..storage import load_petl_model, read_module
 from ..taskio import task_io_from_header
 from ..taskio.classification import ClassificationIO
@@ -153,7 +154,7 @@ class TaskBank:
             io = task_io_from_header(info)
             architecture = header["backbone"].get("architecture", "")
             causal = info.get("mode") == "causal_lm"  # a decoder's classification task, scored by label words
-            servable = architecture.endswith("ForCausalLM") if causal else \
+            servable = head_table_for(architecture).peft_task_type == "CAUSAL_LM" if causal else \
                 architecture.endswith("ForSequenceClassification") and io.kind in ("classification", "regression")
             if not isinstance(io, ClassificationIO) or not servable:
                 raise ConfigError(f"{directory}: a task bank serves classification and regression modules with a "
@@ -161,7 +162,7 @@ class TaskBank:
                                   f"label words; this is a {info.get('kind')!r} task on a {architecture or 'unknown'} model")
             if self.host is None:
                 self._load_backbone(self.model_name or info.get("model"))
-            if self.causal and not causal:
+            if self.causal and not causal and header["backbone"].get("family") == self.sites.family.family:
                 raise ConfigError(f"{directory}: a decoder's sequence-classification head reads the last token of "
                                   f"each input, which a task bank does not serve; train with label words (the default "
                                   f"--decoder-head) to serve it")
@@ -381,6 +382,7 @@ class TaskBank:
     def _set_host(self, model: nn.Module) -> None:
         for param in model.parameters():
             param.requires_grad_(False)
+        install_linear_views(model, family_for(model).fused_qkv)  # GPT-2's Conv1D as linears, as its tasks saw them
         self.host, self.base = model, model.base_model
         self.sites = resolve_sites(model)
         self.causal = self.sites.family.causal_lm
