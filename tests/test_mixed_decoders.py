@@ -100,3 +100,61 @@ def test_a_decoder_bank_refuses_an_encoder_module_and_stays_as_it_was(folder, tm
         bank.add(tmp_path / "encoder", "encoder")
     assert list(bank.tasks()) == ["lora"]
     assert bank.predict([{"task": "lora", "text": "fine"}])[0]["prediction"] in ("negative", "positive")
+
+
+GENERATING = ("lora", "pfeiffer", "prefix", "proadapter", "prolora", "diffprune", "mam")
+PROMPTS = ["Name the word after cat", "Say something", "Continue: the sun is", "Repeat: red blue"]
+
+
+def save_instruction_task(directory, folder, preset: str, seed: int):
+    petl = unipetl.get_petl_model(load(folder), PetlConfig.from_preset(preset, **PRESETS.get(preset, {})))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in petl.methods.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+    if preset == "diffprune":
+        petl.project()
+    if preset in ("proadapter", "prolora"):
+        petl.freeze_masks()
+    petl.save(directory, task={"name": "instruction", "kind": "instruction", "mode": "causal_lm", "max_length": 48,
+                               "max_new_tokens": 6, "model": str(folder)})
+    return directory
+
+
+def generated_alone(folder, directory, prompt: str) -> str:
+    from unipetl.taskio.instruction import InstructionIO
+    from unipetl.tasks.instructions import InstructionExample
+
+    tokenizer = T.AutoTokenizer.from_pretrained(folder)
+    model = unipetl.load_petl_model(load(folder), directory).eval()
+    io = InstructionIO(max_new_tokens=6)
+    example = InstructionExample(({"role": "user", "content": prompt},), "")
+    return io.predict(model, Backbone(model, tokenizer, str(folder), "causal_lm"), [example], 48)[0]["prediction"]
+
+
+def test_generation_in_a_batch_mixing_decoder_methods_equals_each_task_alone(folder, tmp_path):
+    modules = {preset: save_instruction_task(tmp_path / preset, folder, preset, seed)
+               for seed, preset in enumerate(GENERATING)}
+    bank = TaskBank(str(folder))
+    for name, directory in modules.items():
+        bank.add(directory, name)
+    bank.add(save_task(tmp_path / "classify", folder, "lora", "sst2", 9), "classify")  # label words beside
+    records = [{"task": name, "prompt": PROMPTS[i % len(PROMPTS)]} for i, name in enumerate(list(modules) * 2)]
+    records.insert(3, {"task": "classify", "text": "a fine film"})
+    outputs = bank.predict(records)
+    assert outputs[3]["prediction"] in ("negative", "positive")
+    texts = set()
+    for record, output in zip(records, outputs):
+        if record["task"] == "classify":
+            continue
+        assert output["prediction"] == generated_alone(folder, modules[record["task"]], record["prompt"]), record
+        texts.add(output["prediction"])
+    assert len(texts) > 3  # the tasks write different things: the rows did not share one task's parts
+
+
+def test_a_prompt_tuning_instruction_module_is_refused_by_the_bank(folder, tmp_path):
+    bank = TaskBank(str(folder))
+    directory = save_instruction_task(tmp_path / "prompt", folder, "prompt_tuning", 0)
+    with pytest.raises(ConfigError, match="prompt tuning puts its prompt in front of each row"):
+        bank.add(directory, "prompt")
+    assert bank.tasks() == {}

@@ -156,6 +156,8 @@ class DiffPruning(Method):
                 raise ConfigError(f"diff pruning in a task bank: the diff changes {path} ({type(module).__name__}); "
                                   f"mixed batches apply diffs to Linear, LayerNorm, RMS norm and Embedding modules only")
             parts.append(Part(op, path, "hook", entries))
+            parts += [Part(DiffLinearOp, tied, "hook", {"weight": entries["weight"]})
+                      for tied in _tied_linears(self.host.model, module) if "weight" in entries]
         return parts
 
     # ------------------------------------------------------------------ merge
@@ -166,6 +168,14 @@ class DiffPruning(Method):
             params[name].add_(part.to(params[name].dtype))
         del self.host.methods["diff"]
         self.keys = []
+
+
+def _tied_linears(model: nn.Module, module: nn.Module) -> list[str]:
+    """Paths of the linears whose weight is ``module``'s (an LM head tied to the input embeddings): a diff of
+    that weight changes them too."""
+    weight = getattr(module, "weight", None)
+    return [path for path, other in model.named_modules(remove_duplicate=False)
+            if other is not module and isinstance(other, nn.Linear) and weight is not None and other.weight is weight]
 
 
 def describe_projection(stats: dict) -> str:

@@ -22,10 +22,12 @@ Interface (the server and the CLI build on exactly this):
                  "stored_bytes": int, "sources": source module folders of a transfer module}
     bank.predict(records, on_error="raise") -> list[dict]
         records: [{"task": NAME, ...inputs}], inputs in the single-module `unipetl predict` layout
-        ("text"/"text_pair", "texts", or the task's own fields). Output per record, in order:
-        {"task": NAME, "prediction": ..., "probabilities": {...}} (classification) or
-        {"task": NAME, "prediction": float} (regression), plus "truncated": true when the input
-        had more tokens than max_length (it is truncated, never refused).
+        ("text"/"text_pair", "texts", or the task's own fields; "prompt" or "messages" for a
+        decoder's instruction task). Output per record, in order:
+        {"task": NAME, "prediction": ..., "probabilities": {...}} (classification),
+        {"task": NAME, "prediction": float} (regression) or {"task": NAME, "prediction": text}
+        (instruction tasks: greedy completions, generated in mixed batches), plus "truncated": true
+        when the input had more tokens than max_length (it is truncated, never refused).
         on_error="raise": the first bad record raises UnknownTaskError (unknown task, naming the
         loaded ones) or DataError (malformed record: its index and field). on_error="return": a bad
         record's place in the list holds the exception instead, and the other records are served.
@@ -62,6 +64,9 @@ from ..sites import family_for, family_for_config, head_table_for, resolve_sites
 from ..storage import load_petl_model, read_module
 from ..taskio import task_io_from_header
 from ..taskio.classification import ClassificationIO
+from ..taskio.instruction import MAX_NEW_TOKENS, InstructionIO, InstructionLayout
+from ..tasks.instructions import example_from_row
+from .decoding import greedy_rows
 
 DEFAULT_MAX_LENGTH = 128
 MAX_BATCH_ROWS = 64  # rows per forward; a longer request list is served in several
@@ -100,7 +105,12 @@ class TaskEntry:
     max_length: int
     description: dict
     grouped: bool  # a part does not batch across tasks: served in forwards of its own
-    layout: Any = None  # a decoder's task: its instruction layout and label words (label_words.LabelWordFormat)
+    layout: Any = None  # a decoder's task: LabelWordFormat (classification) or InstructionLayout (generation)
+    max_new_tokens: int | None = None  # an instruction task's generation limit
+
+    @property
+    def generates(self) -> bool:
+        return isinstance(self.layout, InstructionLayout)
 
     @property
     def stub(self) -> "_Precomputed":
@@ -153,10 +163,11 @@ class TaskBank:
                                         f"`unipetl train`")
             io = task_io_from_header(info)
             architecture = header["backbone"].get("architecture", "")
-            causal = info.get("mode") == "causal_lm"  # a decoder's classification task, scored by label words
+            causal = info.get("mode") == "causal_lm"  # a decoder's task: label words, or instructions it answers
+            generates = isinstance(io, InstructionIO)
             servable = head_table_for(architecture).peft_task_type == "CAUSAL_LM" if causal else \
                 architecture.endswith("ForSequenceClassification") and io.kind in ("classification", "regression")
-            if not isinstance(io, ClassificationIO) or not servable:
+            if not isinstance(io, (ClassificationIO, InstructionIO)) or not servable:
                 raise ConfigError(f"{directory}: a task bank serves classification and regression modules with a "
                                   f"sequence-classification head, and decoders' classification modules scored by "
                                   f"label words; this is a {info.get('kind')!r} task on a {architecture or 'unknown'} model")
@@ -179,6 +190,10 @@ class TaskBank:
                         plugin.share_across_tasks(self.shared)
                         parts += plugin.mixed_parts()
                     parts += self._pooler_parts(petl)
+                    if generates and any(part.role == "prompt" for part in parts):
+                        raise ConfigError(f"{directory}: prompt tuning puts its prompt in front of each row, and a "
+                                          f"task bank generates with rows padded on the left; serve this module alone "
+                                          f"(unipetl predict)")
                 finally:
                     petl.unload()
             except BaseException:
@@ -186,10 +201,11 @@ class TaskBank:
                 raise
             if not causal:
                 setattr(head, head.base_model_prefix, _Precomputed())  # the head alone from now on
-            entry = TaskEntry(name, directory, io.spec, None if causal else head, parts,
+            layout = InstructionLayout(self.tokenizer) if generates else \
+                LabelWordFormat(io.spec, self.tokenizer) if causal else None
+            entry = TaskEntry(name, directory, getattr(io, "spec", None), None if causal else head, parts,
                               int(info.get("max_length", DEFAULT_MAX_LENGTH)), self._describe(header, io, directory),
-                              any(not p.op.batched for p in parts),
-                              LabelWordFormat(io.spec, self.tokenizer) if causal else None)
+                              any(not p.op.batched for p in parts), layout, info.get("max_new_tokens"))
             self.entries[name] = entry
             try:
                 self._install()
@@ -255,6 +271,11 @@ class TaskBank:
                     outputs[i] = err
                     continue
                 pending.setdefault(entry.name, []).append((i, example))
+            generating = {task: items for task, items in pending.items() if self.entries[task].generates}
+            for task in generating:
+                del pending[task]
+            for i, output in self._generate(generating):
+                outputs[i] = output
             rows = []  # (record index, task, features, truncated)
             for task, items in pending.items():
                 entry = self.entries[task]
@@ -288,10 +309,45 @@ class TaskBank:
             raise DataError(f"{where}'task' must be the name of a loaded task (a string), got {record.get('task')!r}")
         entry = self._entry(record["task"], where)
         inputs = {k: v for k, v in record.items() if k != "task"}
+        if entry.generates:
+            return entry, example_from_row(inputs, f"record {i}", need_completion=False)
         examples = examples_from_row(inputs, entry.spec, f"record {i}")
         if len(examples) != 1:
             raise DataError(f"{where}gives {len(examples)} inputs for task {entry.spec.name!r}; expected one")
         return entry, examples[0]
+
+    def _generate(self, pending: dict[str, list]) -> list[tuple[int, dict]]:
+        """Greedy completions of instruction tasks' records, in mixed batches (tasks whose parts do not batch
+        in batches of their own): (record index, output) pairs."""
+        if not pending:
+            return []
+        items = [(i, task, example) for task, task_items in pending.items() for i, example in task_items]
+        groups = [[item for item in items if not self.entries[item[1]].grouped]]
+        groups += [[item for item in items if item[1] == task] for task in pending if self.entries[task].grouped]
+        eos = self.host.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
+        results = []
+        for group in (g for g in groups if g):
+            for start in range(0, len(group), MAX_BATCH_ROWS):
+                chunk = group[start:start + MAX_BATCH_ROWS]
+                contexts, limits, truncated = [], [], []
+                for _, task, example in chunk:
+                    entry = self.entries[task]
+                    context = entry.layout.context_ids(example.context)
+                    length = self.max_length_override or entry.max_length
+                    contexts.append(context[-length:])
+                    truncated.append(len(context) > length)
+                    limits.append(entry.max_new_tokens or MAX_NEW_TOKENS)
+                self.routing.route([task for _, task, _ in chunk], next(self.base.parameters()).device)
+                try:
+                    generated = greedy_rows(self.base, self.host.get_output_embeddings(), self.host.config, contexts,
+                                            limits, eos_ids, self.tokenizer.pad_token_id)
+                finally:
+                    self.routing.slot = None
+                for (i, task, _), ids, cut in zip(chunk, generated, truncated):
+                    output = {"task": task, "prediction": self.tokenizer.decode(ids, skip_special_tokens=True).strip()}
+                    results.append((i, {**output, "truncated": True} if cut else output))
+        return results
 
     def _untruncated_length(self, example) -> int:
         texts = example.texts
@@ -329,11 +385,11 @@ class TaskBank:
         try:
             with context:
                 outputs = self.base(**kwargs)
+            if self.causal:  # the LM head too runs routed: a diff of tied embeddings corrects it per row
+                return self._label_word_scores(outputs.last_hidden_state, labels, row_tasks)
         finally:
             self.routing.slot = None
         hidden, pooled = outputs.last_hidden_state, getattr(outputs, "pooler_output", None)
-        if self.causal:
-            return self._label_word_scores(hidden, labels, row_tasks)
         slots = torch.tensor([self.routing.present.index(t) for t in row_tasks], device=device)
         logits: list = [None] * len(row_tasks)
         for i, task in enumerate(self.routing.present):
@@ -439,7 +495,7 @@ class TaskBank:
         for record in header["config"].get("transfer_sources") or []:
             path = Path(record.get("path") or "")
             sources.append(str((path if path.is_dir() else Path(directory) / path).resolve()))
-        return {"task": io.spec.name, "kind": io.kind,
+        return {"task": io.name, "kind": io.kind,
                 "labels": list(io.spec.label_names) if io.kind == "classification" else None,
                 "method": header["config"].get("preset") or "custom", "directory": directory,
                 "stored_bytes": _stored_bytes(directory), "sources": sources}

@@ -147,7 +147,7 @@ class InstructionIO(TaskIO):
         layout, tokenizer = InstructionLayout(backbone.tokenizer), backbone.tokenizer
         out = []
         for example in examples:
-            ids = torch.tensor([layout.context_ids(example.context)[-max_length:]], device=backbone.model.device)
+            ids = torch.tensor([layout.context_ids(example.context)[-max_length:]], device=next(petl.parameters()).device)
             generated = petl.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                       max_new_tokens=self.max_new_tokens or MAX_NEW_TOKENS,
                                       pad_token_id=tokenizer.pad_token_id)
