@@ -68,7 +68,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "prefix": {
         "summary": "Prefix tuning (Li & Liang) with the MLP reparameterisation, prefixes concatenated to K/V",
         "source": "§3.3 (prefix / concat / l = 200, mid_dim 800) and §1.3",
-        "learning_rate": 1e-3,
+        # benchmarks/results/sweep_defaults/sweep.md (MiniLM, the reproduction's settings): at 1e-3 STS-B's output
+        # collapses to a constant; at 3e-4 none does and SST-2 (80.5 vs 77.6) and WiC (58.0 vs 54.1) gain.
+        "learning_rate": 3e-4,
         "config": dict(attn_mode="prefix", attn_option="concat", attn_bn=200, mid_dim=800),
     },
     "prompt_tuning": {
@@ -86,7 +88,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mam": {
         "summary": "Mix-and-match adapter: prefix (l = 30) + FFN scaled parallel adapter (r = 512, s = 4)",
         "source": "§3.3 (MAM, XSum/en-ro flags)",
-        "learning_rate": 1e-3,
+        # The sweep: at 1e-3 MAM predicts one class on SST-2 and WiC and a constant on STS-B; at 1e-4 it learns
+        # SST-2 (78.9) and WiC (58.0). On sentence tasks, mam_glue is the GLUE-sized variant.
+        "learning_rate": 1e-4,
         "config": dict(
             attn_mode="prefix", attn_option="concat", attn_bn=30, mid_dim=800,
             ffn_mode="adapter", ffn_option="parallel", ffn_bn=512,
@@ -96,7 +100,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mam_glue": {
         "summary": "MAM adapter, GLUE variant of the released script: prefix l = 16 + scaled PA r = 16, s = 2",
         "source": "§3.3 (MAM adapter, GLUE script)",
-        "learning_rate": 1e-3,
+        # The sweep: at 1e-3 one class on WiC and a constant on STS-B; at 3e-4 SST-2 82.1, WiC 59.7, no collapse.
+        "learning_rate": 3e-4,
         "config": dict(
             attn_mode="prefix", attn_option="concat", attn_bn=16, mid_dim=800,
             ffn_mode="adapter", ffn_option="parallel", ffn_bn=16,
