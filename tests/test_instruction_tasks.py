@@ -160,3 +160,33 @@ def test_an_encoder_is_refused_for_instruction_tuning_before_anything_is_written
     assert not (tmp_path / "run").exists()
     done = run("train", "--task", "instruction", "--output", tmp_path / "run")
     assert done.returncode != 0 and "--train-file" in done.stderr
+
+
+def test_packing_joins_whole_examples_up_to_the_length_and_keeps_their_labels(tokenizer, data):
+    from unipetl.taskio.instruction import pack
+
+    layout = InstructionLayout(tokenizer)
+    features = [layout.features(ex, 48) for ex in load_instructions(data)]
+    packed = pack(features, 24)
+    assert all(len(row["input_ids"]) <= 24 for row in packed) and len(packed) < len(features)
+    for key in ("input_ids", "labels", "attention_mask"):
+        assert sum((row[key] for row in packed), []) == sum((f[key] for f in features), [])
+    # no example is split: every row starts where an example starts
+    starts, position = set(), 0
+    for f in features:
+        starts.add(position)
+        position += len(f["input_ids"])
+    position = 0
+    for row in packed:
+        assert position in starts
+        position += len(row["input_ids"])
+
+
+def test_training_with_packing_runs_and_packing_elsewhere_is_refused(tiny_llama, data, tmp_path):
+    done = run("train", "--task", "instruction", "--train-file", data, "--method", "lora", "--model", tiny_llama,
+               "--epochs", 1, "--max-length", 48, "--packing", "--output", tmp_path / "packed")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "packed" / "results.json").read_text())["options"]["packing"] is True
+    refused = run("train", "--task", "sst2", "--packing", "--data-dir", "../shared/data/glue", "--output", tmp_path / "x")
+    assert refused.returncode != 0 and "--packing packs instruction-tuning examples" in refused.stderr
+    assert not (tmp_path / "x").exists()

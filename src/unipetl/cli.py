@@ -71,6 +71,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder-head", default="label_words", choices=["label_words", "sequence_classification"],
                         help="decoder-only models: classify by scoring label words under the LM head (default), or "
                              "train a sequence-classification head on the last token (regression too)")
+    parser.add_argument("--packing", action="store_true",
+                        help="--task instruction: pack several training examples into each sequence of --max-length "
+                             "tokens (attention crosses their boundaries; evaluation is never packed)")
     parser.add_argument("--torch-dropout", action="store_true",
                         help="CPU training: draw dropout masks with torch's sampler, not unipetl's faster one")
     custom = parser.add_argument_group(
@@ -202,7 +205,7 @@ def cmd_train(args) -> int:
         early_stopping_patience=args.early_stopping_patience,
         precision=args.precision, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
         progress=not args.no_progress, fast_cpu_dropout=not args.torch_dropout, cpu=args.cpu,
-        keep_checkpoints=args.keep_checkpoints, decoder_head=args.decoder_head)
+        keep_checkpoints=args.keep_checkpoints, decoder_head=args.decoder_head, packing=args.packing)
     check_before_loading(args, options)
     from .training import train_task
 

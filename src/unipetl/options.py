@@ -34,7 +34,8 @@ class TrainOptions:
     keep_checkpoints: bool = False
     # How a decoder-only LM classifies: its LM head scoring label words, or a new sequence-classification
     # head on the last token (which also does regression).
-    decoder_head: str = "label_words"  # keep OUTPUT/checkpoints after a successful run (they only serve --resume)
+    decoder_head: str = "label_words"
+    packing: bool = False  # instruction tuning: several examples per training sequence  # keep OUTPUT/checkpoints after a successful run (they only serve --resume)
 
     def validate(self) -> None:
         for field in fields(self):  # NaN passes every comparison below, and inf trains to garbage or crashes

@@ -326,7 +326,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     if resume and staged:
         raise ConfigError(f"--resume is not available for {staged[0].title} (its stages run in one go); start the run again")
     set_seed(options.seed)  # head and method initialisation (adapters, LoRA, mask scores) are part of the seeded run
-    io.decoder_head = options.decoder_head
+    io.configure(options)
     backbone = io.load_backbone(model)
     if method in TRANSFER_METHODS:
         petl = get_transfer_model(backbone.model, sources, method, fast_cpu_dropout=options.fast_cpu_dropout,

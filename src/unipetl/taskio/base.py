@@ -32,6 +32,12 @@ class TaskIO:
         self.splits = splits or {}
 
     # --- data into the model ------------------------------------------------------------------
+    def configure(self, options) -> None:
+        """Take the training options this task type reads (TrainOptions); before load_backbone()."""
+        self.decoder_head = options.decoder_head
+        if options.packing:
+            raise ConfigError(f"--packing packs instruction-tuning examples (--task instruction), not task {self.name!r}")
+
     def load_backbone(self, model: str | None):
         """A `Backbone` with the head this task trains (see backbone.py)."""
         raise NotImplementedError

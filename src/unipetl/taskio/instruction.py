@@ -3,7 +3,7 @@
 Each example is its context rendered by the tokenizer's chat template (where it has one; plain text
 joined by blank lines otherwise) followed by the completion and the end-of-sequence token; the loss is
 on the completion only. A sequence longer than --max-length keeps the end of its context and as much
-of the completion as fits. Packing several examples into one sequence is not done.
+of the completion as fits. With --packing, training sequences hold several examples each (`pack`).
 
 Validation (checkpoint selection) is teacher-forced: next-token accuracy and perplexity over the
 completions' tokens. The test split is also scored by generation: greedy completions, one example at
@@ -52,6 +52,22 @@ class InstructionLayout:
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(context) + completion}
 
 
+def pack(features: list[dict], max_length: int) -> list[dict]:
+    """Consecutive examples joined into sequences of at most ``max_length`` tokens (an example is never split;
+    each keeps its labels). Positions run on across an example boundary and attention crosses it, as in
+    the common concatenation packing: fewer, fuller rows for a training step."""
+    packed, current = [], {"input_ids": [], "attention_mask": [], "labels": []}
+    for feature in features:
+        if current["input_ids"] and len(current["input_ids"]) + len(feature["input_ids"]) > max_length:
+            packed.append(current)
+            current = {"input_ids": [], "attention_mask": [], "labels": []}
+        for key in current:
+            current[key] = current[key] + feature[key]
+    if current["input_ids"]:
+        packed.append(current)
+    return packed
+
+
 def completion_token_scores(logits, labels):
     """preprocess_logits_for_metrics: per row (summed negative log-likelihood, tokens, correctly predicted
     tokens) over the completion, instead of the vocabulary's logits at every position."""
@@ -71,6 +87,10 @@ class InstructionIO(TaskIO):
     def __init__(self, splits=None, max_new_tokens: int | None = None):
         super().__init__(splits)
         self.max_new_tokens = max_new_tokens
+        self.packing = False
+
+    def configure(self, options) -> None:
+        self.packing = options.packing
 
     def load_backbone(self, model):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -95,7 +115,8 @@ class InstructionIO(TaskIO):
             # Generation may write as much as the longest training completion, and a little more.
             longest = max(len(layout.completion_ids(ex.completion)) for ex in self.splits["train"])
             self.max_new_tokens = min(MAX_NEW_TOKENS, longest + 8)
-        return FeatureDataset([layout.features(ex, max_length) for ex in self.splits[split]])
+        features = [layout.features(ex, max_length) for ex in self.splits[split]]
+        return FeatureDataset(pack(features, max_length) if self.packing and split == "train" else features)
 
     def collator(self, backbone):
         from transformers import DataCollatorForSeq2Seq
