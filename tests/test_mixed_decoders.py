@@ -31,19 +31,23 @@ def load(folder):
     return T.AutoModelForCausalLM.from_pretrained(folder).eval()
 
 
-def save_task(directory, folder, preset: str, task: str, seed: int):
-    petl = unipetl.get_petl_model(load(folder), PetlConfig.from_preset(preset, **PRESETS[preset]))
+def save_module(directory, folder, preset: str, seed: int, scale: float, task: dict):
+    """A trained-looking module of ``preset`` (non-zero everywhere; diffs projected, masks frozen), saved."""
+    petl = unipetl.get_petl_model(load(folder), PetlConfig.from_preset(preset, **PRESETS.get(preset, {})))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in petl.methods.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
     if preset == "diffprune":
         petl.project()
     if preset in ("proadapter", "prolora"):
         petl.freeze_masks()
-    petl.save(directory, task={"name": task, "kind": "classification", "mode": "causal_lm", "max_length": 48,
-                               "model": str(folder)})
+    petl.save(directory, task={"mode": "causal_lm", "max_length": 48, "model": str(folder), **task})
     return directory
+
+
+def save_task(directory, folder, preset: str, task: str, seed: int):
+    return save_module(directory, folder, preset, seed, 0.3, {"name": task, "kind": "classification"})
 
 
 def alone(folder, directory, task: str, text: str) -> dict:
@@ -107,18 +111,8 @@ PROMPTS = ["Name the word after cat", "Say something", "Continue: the sun is", "
 
 
 def save_instruction_task(directory, folder, preset: str, seed: int):
-    petl = unipetl.get_petl_model(load(folder), PetlConfig.from_preset(preset, **PRESETS.get(preset, {})))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in petl.methods.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.5)
-    if preset == "diffprune":
-        petl.project()
-    if preset in ("proadapter", "prolora"):
-        petl.freeze_masks()
-    petl.save(directory, task={"name": "instruction", "kind": "instruction", "mode": "causal_lm", "max_length": 48,
-                               "max_new_tokens": 6, "model": str(folder)})
-    return directory
+    return save_module(directory, folder, preset, seed, 0.5, {"name": "instruction", "kind": "instruction",
+                                                              "max_new_tokens": 6})
 
 
 def generated_alone(folder, directory, prompt: str) -> str:
