@@ -9,8 +9,9 @@ Interface (the server and the CLI build on exactly this):
     bank.add(directory, name=None) -> dict
         Load a task module; name defaults to the directory's name (the run folder's name for a
         folder called "module", as `unipetl train` writes them). Encoders' modules with a
-        sequence-classification head, or decoders' classification modules (label words scored
-        under the bank's own LM head; one kind per bank, as its backbone is). Returns its description
+        sequence-classification head, or a decoder's classification modules (label words scored
+        under the bank's own LM head) and instruction modules (generated); one backbone kind per
+        bank. Returns its description
         (as in tasks()). Raises ConfigError (name already loaded, or a method/head the bank cannot
         serve), ModuleFormatError (not a module, trained on another backbone: the fingerprint reason),
         DataError. Nothing changes in the bank when it raises.
@@ -58,8 +59,8 @@ from ..insertion import InputCapture, set_module
 from ..label_words import LabelWordFormat, answer_position
 from ..mixing import Installed, LinearDeltaOp, MixedLinear, MixedOp, MixedPfeifferLayerNorm, Part, Routing
 from ..module_format import HEADER_FILE, WEIGHTS_FILE
-from ..predict import examples_from_row, format_prediction
 from ..linear_views import install_linear_views
+from ..predict import examples_from_row, format_prediction
 from ..sites import family_for, family_for_config, head_table_for, resolve_sites
 from ..storage import load_petl_model, read_module
 from ..taskio import task_io_from_header
@@ -170,7 +171,8 @@ class TaskBank:
             if not isinstance(io, (ClassificationIO, InstructionIO)) or not servable:
                 raise ConfigError(f"{directory}: a task bank serves classification and regression modules with a "
                                   f"sequence-classification head, and decoders' classification modules scored by "
-                                  f"label words; this is a {info.get('kind')!r} task on a {architecture or 'unknown'} model")
+                                  f"label words and instruction modules; this is a {info.get('kind')!r} task on a "
+                                  f"{architecture or 'unknown'} model")
             if self.host is None:
                 self._load_backbone(self.model_name or info.get("model"))
             if self.causal and not causal and header["backbone"].get("family") == self.sites.family.family:
