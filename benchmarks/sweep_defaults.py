@@ -40,20 +40,24 @@ ALTERNATIVES = ("mam:1e-4", "prefix:3e-4", "mam_glue:3e-4", "proprefix:3e-4", "p
 REGRESSION_FLAT = 0.05  # a regression output this flat (std; STS-B's labels span 0-5) counts as collapsed
 
 
-def parse_variant(text: str) -> tuple[str, float]:
-    preset, _, rate = text.partition(":")
+def parse_variant(text: str) -> tuple[str, float, dict]:
+    """PRESET[:LR[:FIELD=VALUE,...]] -> (preset, rate, config overrides)."""
+    preset, _, rest = text.partition(":")
+    rate, _, fields = rest.partition(":")
+    overrides = dict(field.split("=", 1) for field in fields.split(",") if "=" in field)
     try:
-        return preset, float(rate) if rate else default_learning_rate(preset)
+        return preset, float(rate) if rate else default_learning_rate(preset), overrides
     except ValueError:
         raise SystemExit(f"--variants: {rate!r} in {text!r} is not a learning rate") from None
 
 
-def run(task: str, preset: str, learning_rate: float, folder: Path) -> dict:
+def run(task: str, preset: str, learning_rate: float, folder: Path, overrides: dict) -> dict:
     samples, epochs, length, seeds = TASKS[task]
     options = TrainOptions(epochs=epochs, max_train_samples=SWEEP_SAMPLES.get(task, samples), max_length=length,
                            batch_size=16, seed=seeds[0], protocol="scalearn", max_validation_samples=1000,
                            progress=False, learning_rate=learning_rate)
-    result = train_task(task, preset, None, str(GLUE), str(folder), options, None, overwrite=True, log=lambda m: None)
+    result = train_task(task, preset, None, str(GLUE), str(folder), options, overrides or None, overwrite=True,
+                        log=lambda m: None)
     petl, backbone, io, info = load_task_module(str(folder / "module"))
     predictions = [p["prediction"] for p in io.predict(petl, backbone, load_split(task, "validation", GLUE),
                                                        info.get("max_length", 128))]
@@ -63,7 +67,8 @@ def run(task: str, preset: str, learning_rate: float, folder: Path) -> dict:
     else:
         share = Counter(predictions).most_common(1)[0][1] / len(predictions)
         collapsed, shape = share == 1.0, {"most_frequent_prediction_share": share}
-    return {"task": task, "preset": preset, "learning_rate": learning_rate, "main_score": result["main_score"],
+    return {"task": task, "preset": preset, "learning_rate": learning_rate, **({"overrides": overrides} if overrides else {}),
+            "main_score": result["main_score"],
             "validation_score": result["validation_metrics"]["main_score"], "collapsed": collapsed,
             "collapse_warning": result.get("collapse"), **shape, "train_seconds": result["train_seconds"]}
 
@@ -76,10 +81,12 @@ def write_table(rows: list[dict]) -> None:
              f"a regression output with standard deviation under {REGRESSION_FLAT:g}.", "",
              "| preset | lr | task | test score | validation score | collapsed | most frequent share / prediction std | train (s) |",
              "|---|---:|---|---:|---:|---|---:|---:|"]
-    for r in sorted(rows, key=lambda r: (PRESETS.index(r["preset"]) if r["preset"] in PRESETS else 99, r["learning_rate"], r["task"])):
+    for r in sorted(rows, key=lambda r: (PRESETS.index(r["preset"]) if r["preset"] in PRESETS else 99,
+                                         str(r.get("overrides", "")), r["learning_rate"], r["task"])):
         shape = r.get("most_frequent_prediction_share", r.get("prediction_std"))
         collapsed = r["collapsed"] or r.get("prediction_std", 1.0) < REGRESSION_FLAT
-        lines.append(f"| {r['preset']} | {r['learning_rate']:g} | {r['task']} | {100 * r['main_score']:.2f} | "
+        name = r["preset"] + "".join(f" {k}={v}" for k, v in r.get("overrides", {}).items())
+        lines.append(f"| {name} | {r['learning_rate']:g} | {r['task']} | {100 * r['main_score']:.2f} | "
                      f"{100 * r['validation_score']:.2f} | {'yes' if collapsed else 'no'} | {shape:.3f} | "
                      f"{r['train_seconds']:.0f} |")
     (OUT / "sweep.md").write_text("\n".join(lines) + "\n")
@@ -88,20 +95,21 @@ def write_table(rows: list[dict]) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(PRESETS) + list(ALTERNATIVES),
-                        help="PRESET or PRESET:LR (default: each preset at its own rate, then one alternative rate)")
+                        help="PRESET, PRESET:LR or PRESET:LR:FIELD=VALUE,... (config overrides); default: each preset "
+                             "at its own rate, then one alternative rate")
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), choices=list(TASKS))
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     rows_file = OUT / "rows.jsonl"
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
-    done = {(r["task"], r["preset"], r["learning_rate"]) for r in rows}
+    done = {(r["task"], r["preset"], r["learning_rate"], json.dumps(r.get("overrides", {}), sort_keys=True)) for r in rows}
     for variant in args.variants:
-        preset, rate = parse_variant(variant)
+        preset, rate, overrides = parse_variant(variant)
         for task in args.tasks:
-            if (task, preset, rate) in done:
+            if (task, preset, rate, json.dumps(overrides, sort_keys=True)) in done:
                 continue
             with tempfile.TemporaryDirectory() as scratch:
-                row = run(task, preset, rate, Path(scratch) / "run")
+                row = run(task, preset, rate, Path(scratch) / "run", overrides)
             print(json.dumps(row), flush=True)
             with rows_file.open("a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -23,6 +23,7 @@ TRANSFER_METHODS = TRANSFER_PRESETS
 SCALEARN_METHODS = tuple(name for name in TRANSFER_PRESETS if name.startswith("scalearn"))
 
 ATTN_MODES = ("none", "adapter", "lora", "prefix", "prompt_tuning", "bitfit")
+PROMPT_INITS = ("random", "vocab")
 ATTN_OPTIONS = ("none", "sequential", "parallel", "concat", "cross_attn", "cross_attn_noln", "cross_attn_relu")
 ATTN_COMPOSITIONS = ("add", "gate_add")
 FFN_MODES = ("none", "adapter", "lora")
@@ -84,6 +85,9 @@ class PetlConfig:
     mid_dim: int = 800
     prefix_dropout: float = 0.0
     prefix_mlp: bool = True
+    # Prompt tuning's initial prompt: small random vectors, or the embeddings of tokens drawn from the
+    # vocabulary (Lester et al.'s "sampled vocab" initialisation).
+    prompt_init: str = "random"
     full_finetune: bool = False
     # Where each layer's numbers come from: its own ("owned") or a prototype shared by all layers,
     # read through a per-layer binary mask keeping the `mask_keep` fraction (ProPETL).
@@ -179,6 +183,7 @@ class PetlConfig:
         _choice("ffn_adapter_init_option", self.ffn_adapter_init_option, INIT_OPTIONS)
         _choice("adapter_act", self.adapter_act, ADAPTER_ACTIVATIONS)
         _choice("lora_init", self.lora_init, LORA_INITS)
+        _choice("prompt_init", self.prompt_init, PROMPT_INITS)
         _choice("param_source", self.param_source, PARAM_SOURCES)
 
         allowed = _ALLOWED_ATTN_OPTIONS[self.attn_mode]

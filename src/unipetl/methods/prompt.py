@@ -68,8 +68,12 @@ class PromptTuning(Method):
     exports = ("prompt",)
 
     def attach(self) -> None:
-        embed_dim = self.host.model.get_input_embeddings().embedding_dim
-        self.register("prompt", PromptEmbedding(self.config.attn_bn, embed_dim))
+        embeddings = self.host.model.get_input_embeddings()
+        prompt = self.register("prompt", PromptEmbedding(self.config.attn_bn, embeddings.embedding_dim))
+        if self.config.prompt_init == "vocab":  # Lester et al.: start from the embeddings of sampled tokens
+            tokens = torch.randint(0, embeddings.num_embeddings, (self.config.attn_bn,))
+            with torch.no_grad():
+                prompt.embedding.copy_(embeddings.weight[tokens])
         self.part(PromptOp, "", "prompt", self.host.methods["prompt"])
         if head_table(self.host.model).per_position_outputs:
             self.host.add_hook(self.host.model.base_model.register_forward_hook(self._drop_prompt_positions,
