@@ -86,3 +86,19 @@ def test_scalar_accepts_numbers_as_strings_and_learnable():
     assert PetlConfig(ffn_mode="adapter", ffn_option="parallel", ffn_bn=4, ffn_adapter_scalar="4").ffn_adapter_scalar == 4.0
     cfg = PetlConfig(ffn_mode="adapter", ffn_option="parallel", ffn_bn=4, ffn_adapter_scalar="learnable_scalar")
     assert cfg.ffn_adapter_scalar == "learnable_scalar"
+
+
+def test_prompt_init_vocab_starts_from_token_embeddings_and_bad_values_are_refused():
+    import torch
+
+    from tiny_models import tiny_model
+
+    model = tiny_model("bert")
+    table = model.get_input_embeddings().weight.detach().clone()
+    petl = unipetl.get_petl_model(model, PetlConfig.from_preset("prompt_tuning", attn_bn=6, prompt_init="vocab"))
+    prompt = petl.methods["prompt"].embedding.detach()
+    assert all(any(torch.equal(row, token) for token in table) for row in prompt)  # each row is a token's embedding
+    random = unipetl.get_petl_model(tiny_model("bert"), PetlConfig.from_preset("prompt_tuning", attn_bn=6))
+    assert not any(torch.equal(random.methods["prompt"].embedding[0].detach(), token) for token in table)
+    with pytest.raises(ConfigError, match="prompt_init"):
+        PetlConfig.from_preset("prompt_tuning", prompt_init="words")
