@@ -106,7 +106,7 @@ def test_a_decoder_bank_refuses_an_encoder_module_and_stays_as_it_was(folder, tm
     assert bank.predict([{"task": "lora", "text": "fine"}])[0]["prediction"] in ("negative", "positive")
 
 
-GENERATING = ("lora", "pfeiffer", "prefix", "proadapter", "prolora", "diffprune", "mam")
+GENERATING = ("lora", "pfeiffer", "prefix", "prompt_tuning", "proadapter", "prolora", "diffprune", "mam")
 PROMPTS = ["Name the word after cat", "Say something", "Continue: the sun is", "Repeat: red blue"]
 
 
@@ -144,11 +144,3 @@ def test_generation_in_a_batch_mixing_decoder_methods_equals_each_task_alone(fol
         assert output["prediction"] == generated_alone(folder, modules[record["task"]], record["prompt"]), record
         texts.add(output["prediction"])
     assert len(texts) > 3  # the tasks write different things: the rows did not share one task's parts
-
-
-def test_a_prompt_tuning_instruction_module_is_refused_by_the_bank(folder, tmp_path):
-    bank = TaskBank(str(folder))
-    directory = save_instruction_task(tmp_path / "prompt", folder, "prompt_tuning", 0)
-    with pytest.raises(ConfigError, match="prompt tuning puts its prompt in front of each row"):
-        bank.add(directory, "prompt")
-    assert bank.tasks() == {}

@@ -192,10 +192,6 @@ class TaskBank:
                         plugin.share_across_tasks(self.shared)
                         parts += plugin.mixed_parts()
                     parts += self._pooler_parts(petl)
-                    if generates and any(part.role == "prompt" for part in parts):
-                        raise ConfigError(f"{directory}: prompt tuning puts its prompt in front of each row, and a "
-                                          f"task bank generates with rows padded on the left; serve this module alone "
-                                          f"(unipetl predict)")
                 finally:
                     petl.unload()
             except BaseException:
@@ -324,8 +320,10 @@ class TaskBank:
         if not pending:
             return []
         items = [(i, task, example) for task, task_items in pending.items() for i, example in task_items]
-        groups = [[item for item in items if not self.entries[item[1]].grouped]]
-        groups += [[item for item in items if item[1] == task] for task in pending if self.entries[task].grouped]
+        # Prompt tuning's prompt goes in front of a row, where generation pads: its rows run one at a time.
+        alone = {task for task in pending if self.entries[task].grouped or self._prompted(task)}
+        groups = [[item for item in items if item[1] not in alone]]
+        groups += [[item] for item in items if item[1] in alone]
         eos = self.host.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
         results = []
@@ -341,15 +339,25 @@ class TaskBank:
                     truncated.append(len(context) > length)
                     limits.append(entry.max_new_tokens or MAX_NEW_TOKENS)
                 self.routing.route([task for _, task, _ in chunk], next(self.base.parameters()).device)
+                embed = self.base.get_input_embeddings()
+                prepare = (lambda inputs: self._with_prompts(inputs, embed)) if self.prompt_ops else None
                 try:
                     generated = greedy_rows(self.base, self.host.get_output_embeddings(), self.host.config, contexts,
-                                            limits, eos_ids, self.tokenizer.pad_token_id)
+                                            limits, eos_ids, self.tokenizer.pad_token_id, prepare)
                 finally:
                     self.routing.slot = None
                 for (i, task, _), ids, cut in zip(chunk, generated, truncated):
                     output = {"task": task, "prediction": self.tokenizer.decode(ids, skip_special_tokens=True).strip()}
                     results.append((i, {**output, "truncated": True} if cut else output))
         return results
+
+    def _prompted(self, task: str) -> bool:
+        return any(part.role == "prompt" for part in self.entries[task].parts)
+
+    def _with_prompts(self, inputs: dict, embed) -> dict:
+        for op in self.prompt_ops:
+            inputs = op.prepare_inputs(inputs, embed)
+        return inputs
 
     def _untruncated_length(self, example) -> int:
         texts = example.texts
@@ -378,9 +386,7 @@ class TaskBank:
         device = next(self.base.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items()}
         self.routing.route(row_tasks, device)
-        kwargs = dict(inputs)
-        for op in self.prompt_ops:
-            kwargs = op.prepare_inputs(kwargs, self.base.get_input_embeddings())
+        kwargs = self._with_prompts(dict(inputs), self.base.get_input_embeddings())
         labels = kwargs.pop("labels", None)
         context = first_position.first_position_only(self.host, self.sites, kwargs) if not self.causal and all(
             first_position.applies(self.entries[t].head, self.sites, kwargs) for t in self.routing.present) else nullcontext()

@@ -13,9 +13,10 @@ import torch
 
 @torch.no_grad()
 def greedy_rows(base, lm_head, config, contexts: list[list[int]], limits: list[int], eos_ids: set[int],
-                pad_id: int) -> list[list[int]]:
+                pad_id: int, prepare=None) -> list[list[int]]:
     """New token ids per row (its end-of-sequence token included when reached). ``base`` runs the decoder
-    stack with the mixed ops installed, ``lm_head`` maps its last hidden states to the vocabulary."""
+    stack with the mixed ops installed, ``lm_head`` maps its last hidden states to the vocabulary;
+    ``prepare`` changes the first forward's inputs (prompt tuning puts its prompt in front of each row)."""
     from transformers import DynamicCache
 
     device = next(base.parameters()).device
@@ -25,14 +26,16 @@ def greedy_rows(base, lm_head, config, contexts: list[list[int]], limits: list[i
     for i, context in enumerate(contexts):
         input_ids[i, longest - len(context):] = torch.tensor(context, device=device)
         mask[i, longest - len(context):] = 1
+    inputs = {"input_ids": input_ids, "attention_mask": mask}
+    if prepare is not None:
+        inputs = prepare(inputs)
+        mask = inputs["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=config)
     generated: list[list[int]] = [[] for _ in range(rows)]
     done = [limit <= 0 for limit in limits]
-    step_ids = input_ids
     for _ in range(max(limits, default=0)):
-        hidden = base(input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                      use_cache=True).last_hidden_state
+        hidden = base(**inputs, position_ids=positions, cache=cache, use_cache=True).last_hidden_state
         next_ids = lm_head(hidden[:, -1]).argmax(-1)
         for i, token in enumerate(next_ids.tolist()):
             if not done[i]:
@@ -40,7 +43,7 @@ def greedy_rows(base, lm_head, config, contexts: list[list[int]], limits: list[i
                 done[i] = token in eos_ids or len(generated[i]) >= limits[i]
         if all(done):
             break
-        step_ids = next_ids[:, None]
         mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+        inputs = {"input_ids": next_ids[:, None], "attention_mask": mask}
         positions = positions[:, -1:] + 1
     return generated
