@@ -533,7 +533,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    from .taskio import ExtractiveQAIO
+    from .taskio import ExtractiveQAIO, InstructionIO
     from .tasks import get_task, list_tasks
     from .tasks.generation import SEQ2SEQ_TASKS
 
@@ -543,6 +543,8 @@ def cmd_tasks(args) -> int:
                  "metrics": list(ExtractiveQAIO.metrics), "main_metric": ExtractiveQAIO.main_metric})
     rows += [{"name": n, "benchmark": t.name.split("_")[0], "kind": "seq2seq", "labels": [], "metrics": list(t.metrics),
               "main_metric": t.main_metric} for n, t in SEQ2SEQ_TASKS.items()]
+    rows.append({"name": InstructionIO.name, "benchmark": "files", "kind": InstructionIO.kind, "labels": [],
+                 "metrics": list(InstructionIO.metrics), "main_metric": InstructionIO.main_metric})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
