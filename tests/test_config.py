@@ -98,7 +98,8 @@ def test_prompt_init_vocab_starts_from_token_embeddings_and_bad_values_are_refus
     petl = unipetl.get_petl_model(model, PetlConfig.from_preset("prompt_tuning", attn_bn=6, prompt_init="vocab"))
     prompt = petl.methods["prompt"].embedding.detach()
     assert all(any(torch.equal(row, token) for token in table) for row in prompt)  # each row is a token's embedding
-    random = unipetl.get_petl_model(tiny_model("bert"), PetlConfig.from_preset("prompt_tuning", attn_bn=6))
+    random = unipetl.get_petl_model(tiny_model("bert"), PetlConfig.from_preset("prompt_tuning", attn_bn=6,
+                                                                               prompt_init="random"))
     assert not any(torch.equal(random.methods["prompt"].embedding[0].detach(), token) for token in table)
     with pytest.raises(ConfigError, match="prompt_init"):
         PetlConfig.from_preset("prompt_tuning", prompt_init="words")
