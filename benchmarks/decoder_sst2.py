@@ -142,7 +142,7 @@ def main():
     parser.add_argument("--output", default="benchmarks/results/decoder_sst2_cpu")
     args = parser.parse_args()
     output = Path(args.output)
-    result = {"command": "python benchmarks/decoder_sst2.py " + " ".join(sys.argv[1:]), "machine": machine_description(),
+    result = {"command": " ".join(["python benchmarks/decoder_sst2.py", *sys.argv[1:]]), "machine": machine_description(),
               "settings": {k: v for k, v in vars(args).items() if k not in ("workdir", "output", "data_dir")}, "rows": []}
     previous = json.loads(output.with_suffix(".json").read_text()) if output.with_suffix(".json").exists() else {}
     log = lambda message: print(message, flush=True)  # noqa: E731
