@@ -48,6 +48,15 @@ def load_model_config(name_or_path: str | None):
     return str(path), config
 
 
+def decoder_tokenizer(tokenizer):
+    """A decoder's tokenizer for training and scoring: a pad token (its end-of-sequence token where it has
+    none) and padding after the tokens, as positions count from a row's first token."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
 def load_backbone(name_or_path: str | None, task, decoder_head: str = "label_words") -> Backbone:
     """Model with the right head for ``task`` (a TaskSpec) and its tokenizer; hub names work when online.
     ``decoder_head``: on a decoder-only LM, "label_words" (its LM head) or "sequence_classification"."""
@@ -57,11 +66,9 @@ def load_backbone(name_or_path: str | None, task, decoder_head: str = "label_wor
     quiet_transformers()
     path, config = load_model_config(name_or_path)
     decoder = family_for_config(config).causal_lm
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if decoder:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "right"  # positions count from the first token: padding goes after it
+        decoder_tokenizer(tokenizer)
         if decoder_head == "label_words":
             from .label_words import LabelWordFormat
 
@@ -88,6 +95,4 @@ def load_backbone(name_or_path: str | None, task, decoder_head: str = "label_wor
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels,
                                                                    ignore_mismatched_sizes=other_head, **extra)
         mode = "classify"
-    if not decoder:
-        tokenizer = AutoTokenizer.from_pretrained(path)
     return Backbone(model, tokenizer, path, mode)

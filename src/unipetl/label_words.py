@@ -53,15 +53,21 @@ class LabelWordFormat:
     def features(self, example, max_length: int) -> dict:
         """input_ids = instruction + answer (the example's label word; any for prediction), labels = -100 on
         the instruction."""
+        return self.features_and_truncation(example, max_length)[0]
+
+    def features_and_truncation(self, example, max_length: int) -> tuple[dict, bool]:
+        """The features, and whether the example's text lost tokens to ``max_length``."""
         text = "\n".join(f"{field}: {segment}" for field, segment in zip(self.spec.text_fields, example.texts))
         answer = self.answers[int(example.label)]
         room = max_length - len(self.before) - len(self.after) - len(answer)
         if room < 1:
             raise ConfigError(f"--max-length {max_length} leaves no room for the text of task {self.spec.name!r}: "
                               f"its instruction and answer take {max_length - room} tokens")
-        prompt = self.before + self._ids(text)[:room] + self.after
-        return {"input_ids": prompt + answer, "attention_mask": [1] * (len(prompt) + len(answer)),
-                "labels": [-100] * len(prompt) + answer}
+        text_ids = self._ids(text)
+        prompt = self.before + text_ids[:room] + self.after
+        features = {"input_ids": prompt + answer, "attention_mask": [1] * (len(prompt) + len(answer)),
+                    "labels": [-100] * len(prompt) + answer}
+        return features, len(text_ids) > room
 
 
 def answer_position(labels: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,7 @@ class PetlModel(nn.Module):
             raise ConfigError("this model already has a unipetl method attached; call unload() on that PetlModel first")
         with original_modules(model):  # the model as given (GPT-2: its Conv1D), whatever views it holds
             self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}  # for unload
-            self.fingerprint = backbone_fingerprint(model)  # taken before anything is attached
+        self.fingerprint = backbone_fingerprint(model)  # taken before anything is attached
         # GPT-2's Conv1D as linears until unload() (unless a task bank holding the model put them there).
         self._installed_views = install_linear_views(model, family.fused_qkv)
         try:

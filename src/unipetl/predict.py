@@ -67,13 +67,14 @@ def format_prediction(spec, row: torch.Tensor) -> dict:
 def predict_examples(petl, backbone, spec, examples, max_length: int = 128, batch_size: int = 64) -> list[dict]:
     dataset = encode(examples, spec, backbone.tokenizer, backbone.mode, max_length)
     collate = collator_for(backbone.mode, backbone.tokenizer)
+    if backbone.mode == "causal_lm":  # the label words' scores where each row's answer starts
+        scores_of = label_word_scores(LabelWordFormat(spec, backbone.tokenizer).first_tokens)
     out = []
     for start in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         labels = batch.pop("labels", None)
-        if backbone.mode == "causal_lm":  # the label words' scores where the answer starts
-            scores = label_word_scores(LabelWordFormat(spec, backbone.tokenizer).first_tokens)(petl(**batch).logits, labels)
-            out.extend(format_prediction(spec, row) for row in scores)
+        if backbone.mode == "causal_lm":
+            out.extend(format_prediction(spec, row) for row in scores_of(petl(**batch).logits, labels))
             continue
         if backbone.mode == "text_to_text":
             generated = petl.generate(**batch, max_new_tokens=16)

@@ -144,7 +144,7 @@ class DiffPruning(Method):
                 by_module.setdefault(path, {})[parameter] = (encode_indices((indices[lo:hi] - start).cpu()),
                                                               values[lo:hi].clone())
             start += size
-        parts = []
+        parts, tied = [], _tied_linears(self.host.model)
         for path, entries in by_module.items():
             module = self.host.model.get_submodule(path)
             op = next((op for kind, op in DIFF_OPS if isinstance(module, kind)), None)
@@ -156,8 +156,9 @@ class DiffPruning(Method):
                 raise ConfigError(f"diff pruning in a task bank: the diff changes {path} ({type(module).__name__}); "
                                   f"mixed batches apply diffs to Linear, LayerNorm, RMS norm and Embedding modules only")
             parts.append(Part(op, path, "hook", entries))
-            parts += [Part(DiffLinearOp, tied, "hook", {"weight": entries["weight"]})
-                      for tied in _tied_linears(self.host.model, module) if "weight" in entries]
+            weight = getattr(module, "weight", None)
+            parts += [Part(DiffLinearOp, other, "hook", {"weight": entries["weight"]})
+                      for other in tied.get(id(weight), []) if other != path and "weight" in entries]
         return parts
 
     # ------------------------------------------------------------------ merge
@@ -170,12 +171,14 @@ class DiffPruning(Method):
         self.keys = []
 
 
-def _tied_linears(model: nn.Module, module: nn.Module) -> list[str]:
-    """Paths of the linears whose weight is ``module``'s (an LM head tied to the input embeddings): a diff of
-    that weight changes them too."""
-    weight = getattr(module, "weight", None)
-    return [path for path, other in model.named_modules(remove_duplicate=False)
-            if other is not module and isinstance(other, nn.Linear) and weight is not None and other.weight is weight]
+def _tied_linears(model: nn.Module) -> dict[int, list[str]]:
+    """id(weight) -> paths of the linears holding that weight: a diff of an embedding table whose weight an LM
+    head shares (tied) changes the head too."""
+    linears: dict[int, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, nn.Linear):
+            linears.setdefault(id(module.weight), []).append(path)
+    return linears
 
 
 def describe_projection(stats: dict) -> str:

@@ -53,6 +53,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAtte
 
 from .. import first_position
 from .. import attention as prefix_attention
+from ..backbone import decoder_tokenizer
 from ..encoding import collator_for, encode
 from ..errors import ConfigError, DataError, ModuleFormatError, UnknownTaskError
 from ..insertion import InputCapture, set_module
@@ -279,15 +280,14 @@ class TaskBank:
                 entry = self.entries[task]
                 length = self.max_length_override or entry.max_length
                 if entry.layout is not None:  # instruction + any label word: its labels mark where the answer starts
-                    features = [entry.layout.features(ex, length) for _, ex in items]
-                    untruncated = [len(entry.layout.features(ex, 10 ** 9)["input_ids"]) for _, ex in items]
+                    features, truncated = zip(*(entry.layout.features_and_truncation(ex, length) for _, ex in items))
                 else:
                     features = encode([ex for _, ex in items], entry.spec, self.tokenizer, "classify", length).features
-                    untruncated = [self._untruncated_length(ex) for _, ex in items]
-                for (i, _), feature, full_length in zip(items, features, untruncated):
+                    truncated = [self._untruncated_length(ex) > length for _, ex in items]
+                for (i, _), feature, cut in zip(items, features, truncated):
                     if entry.layout is None:
                         feature.pop("labels", None)
-                    rows.append((i, task, feature, full_length > length))
+                    rows.append((i, task, feature, cut))
             collate = collator_for("causal_lm" if self.causal else "classify", self.tokenizer)
             for start in range(0, len(rows), MAX_BATCH_ROWS):
                 chunk = rows[start:start + MAX_BATCH_ROWS]
@@ -441,7 +441,7 @@ class TaskBank:
         if self.tokenizer is None:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             if self.causal:
-                self._decoder_tokenizer()
+                decoder_tokenizer(self.tokenizer)
 
     def _set_host(self, model: nn.Module) -> None:
         for param in model.parameters():
@@ -451,13 +451,7 @@ class TaskBank:
         self.sites = resolve_sites(model)
         self.causal = self.sites.family.causal_lm
         if self.causal and self.tokenizer is not None:
-            self._decoder_tokenizer()
-
-    def _decoder_tokenizer(self) -> None:
-        """Rows padded after their tokens (positions count from the first), with a pad token."""
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "right"
+            decoder_tokenizer(self.tokenizer)
 
     def _head_model(self, header: dict) -> nn.Module:
         """The task's own model class with the bank's backbone in it; its head is filled by loading the module."""

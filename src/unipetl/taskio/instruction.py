@@ -95,7 +95,7 @@ class InstructionIO(TaskIO):
     def load_backbone(self, model):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..backbone import Backbone, load_model_config, quiet_transformers
+        from ..backbone import Backbone, decoder_tokenizer, load_model_config, quiet_transformers
         from ..sites import family_for_config
 
         quiet_transformers()
@@ -103,10 +103,7 @@ class InstructionIO(TaskIO):
         if not family_for_config(config).causal_lm:
             raise ConfigError(f"task 'instruction' trains a decoder-only language model (Llama, Mistral, Qwen2, Qwen3, "
                               f"SmolLM2: --model smollm2-135m); --model {path!r} is a {config.model_type!r} model")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "right"
+        tokenizer = decoder_tokenizer(AutoTokenizer.from_pretrained(path))
         return Backbone(AutoModelForCausalLM.from_pretrained(path), tokenizer, path, "causal_lm")
 
     def encode(self, split, backbone, max_length):
