@@ -1,13 +1,14 @@
-"""The reproduction table: MiniLM on the GLUE/SuperGLUE tasks in ../shared/data/glue x ten methods.
+"""The reproduction table: MiniLM on the GLUE/SuperGLUE tasks in ../shared/data/glue x sixteen methods.
 
-    python benchmarks/reproduce.py            # train what is missing, then regenerate table, plot and README
+    python benchmarks/reproduce.py --jobs 2   # train what is missing (2 runs at a time), then regenerate
     python benchmarks/reproduce.py --report-only
 
 Each run writes benchmarks/reproduction/runs/<task>/<method>/seed<S>/results.json (committed; the
-task modules beside them are not). A run whose results.json exists is skipped, so the command
-resumes an interrupted reproduction and, once every run is there, only regenerates
+task modules and logs beside them are not). A run whose results.json exists is skipped, so the
+command resumes an interrupted reproduction and, once every run is there, only regenerates
 benchmarks/reproduction/report.{md,csv,json,png} with `unipetl report` and copies report.md into the
-README between its reproduction markers.
+README between its reproduction markers. The first grid (ten methods, before the pooler trained by
+default and before the sweep's learning rates) is kept as history in benchmarks/reproduction/history/v1.
 
 Fitted to a 2-core CPU (see TASKS): SST-2 and WiC train on a seeded subset of 2,000 examples and
 CoLA and STS-B on all their training data, for 2 epochs with one seed; the small tasks (CB, COPA, WSC) on all their examples for 6 epochs with
@@ -17,16 +18,18 @@ set that picks the best epoch (at most 1,000 examples: SST-2's would be 6,735 an
 epoch), so no test label chooses a checkpoint; QNLI is left out because only
 its dev split is here. ScaLearn and AdapterFusion combine the seed-42
 `pfeiffer` modules of all seven tasks (the target's own included, as in the paper). Every method
-uses its preset's defaults, learning rate included, except diff pruning (SHORT_BUDGET): its paper
-rates (diff lr 1e-5, gate lr 0.1) need the paper's long runs; on this budget they close almost
-every gate (SST-2 50.9 %), so it trains at the rates that came within 2 points of `full` on SST-2
-(benchmarks/results/diffprune_quality_gates_cpu.md).
+runs its preset as `unipetl train --method NAME` would, learning rate included. Diff pruning runs as
+`diffprune_short`: the paper's rates (`diffprune`: diff lr 1e-5, gate lr 0.1) need the paper's long
+runs and on this budget close almost every gate (SST-2 50.9 %,
+benchmarks/results/diffprune_quality_gates_cpu.md).
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from unipetl.report import build_report
@@ -48,11 +51,9 @@ TASKS = {
     "wic": (2000, 2.0, 64, (42,)),
     "cb": (None, 6.0, 128, SMALL_SEEDS), "copa": (None, 6.0, 64, SMALL_SEEDS), "wsc": (None, 6.0, 64, SMALL_SEEDS),
 }
-METHODS = ("full", "pfeiffer", "lora", "prefix", "mam", "proadapter", "prolora", "diffprune", "scalearn", "adapterfusion")
+METHODS = ("full", "pfeiffer", "houlsby", "parallel", "lora", "bitfit", "prefix", "prompt_tuning", "mam", "mam_glue",
+           "proadapter", "prolora", "proprefix", "diffprune_short", "scalearn", "adapterfusion")
 TRANSFER = ("scalearn", "adapterfusion")
-# method -> (learning rate, config overrides) that replace the preset's for this budget (see the docstring)
-SHORT_BUDGET = {"diffprune": (1e-4, {"gate_learning_rate": 1e-2, "projection_gates": "expected",
-                                     "fixmask_learning_rate": 1e-3})}
 
 
 def run_dir(task: str, method: str, seed: int) -> Path:
@@ -72,12 +73,61 @@ def plan(tasks, methods) -> list[tuple[str, str, int]]:
 
 def train(task: str, method: str, seed: int) -> None:
     samples, epochs, length, _ = TASKS[task]
-    learning_rate, overrides = SHORT_BUDGET.get(method, (None, None))
     options = TrainOptions(epochs=epochs, max_train_samples=samples, max_length=length, batch_size=16, seed=seed,
-                           protocol="scalearn", max_validation_samples=1000, progress=False, learning_rate=learning_rate)
-    sources = [str(run_dir(t, "pfeiffer", 42) / "module") for t in TASKS] if method in TRANSFER else None
-    train_task(task, method, None, str(GLUE), str(run_dir(task, method, seed)), options, overrides, overwrite=True,
-               log=lambda m: print(m, flush=True), sources=sources)
+                           protocol="scalearn", max_validation_samples=1000, progress=False)
+    train_task(task, method, None, str(GLUE), str(run_dir(task, method, seed)), options, overwrite=True,
+               log=lambda m: print(m, flush=True), sources=sources(method))
+
+
+def sources(method: str) -> list[str] | None:
+    """A transfer method's source adapters: the seed-42 `pfeiffer` module of every task."""
+    return [str(run_dir(t, "pfeiffer", 42) / "module") for t in TASKS] if method in TRANSFER else None
+
+
+def ready(method: str) -> bool:
+    """Whether a run can start: a transfer run waits for every source adapter to be trained."""
+    return all((Path(s).parent / "results.json").exists() and Path(s).is_dir() for s in sources(method) or [])
+
+
+def missing(runs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The runs without results, plus any source adapter that a missing transfer run needs and that
+    this checkout lacks (results.json is committed, modules are not): it is trained again, same seed."""
+    todo = [r for r in runs if not (run_dir(*r) / "results.json").exists()]
+    retrain = [(t, "pfeiffer", 42) for t in TASKS if any(m in TRANSFER for _, m, _ in todo)
+               and not (run_dir(t, "pfeiffer", 42) / "module").is_dir()]
+    return list(dict.fromkeys(retrain + todo))
+
+
+def run_all(todo: list[tuple[str, str, int]], jobs: int, ready=lambda run: ready(run[1]), folder=run_dir,
+            script: str = __file__, wait=lambda: False) -> list[tuple[str, str, int]]:
+    """Train ``todo`` in order, ``jobs`` runs at a time, each as ``script --one TASK METHOD SEED`` in its
+    own process on one thread (two one-thread runs use a 2-core machine better than one two-thread
+    run), its log beside its results. A run starts once ``ready(run)``; when none can start and none
+    is running, ``wait()`` says whether something outside (another command) will make one ready.
+    Returns the runs that failed or could never start."""
+    pending, running, failed = list(todo), {}, []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    while pending or running:
+        while len(running) < jobs and (start := next((r for r in pending if ready(r)), None)):
+            pending.remove(start)
+            task, method, seed = start
+            folder(task, method, seed).mkdir(parents=True, exist_ok=True)
+            log = open(folder(task, method, seed).with_name(f"seed{seed}.log"), "w")
+            print(f"== {task} / {method} / seed {seed} ({len(todo) - len(pending)} of {len(todo)} started)", flush=True)
+            running[start] = (subprocess.Popen([sys.executable, script, "--one", task, method, str(seed)],
+                                               stdout=log, stderr=subprocess.STDOUT, env=env), log)
+        if not running and not wait():  # only runs whose inputs failed are left
+            failed += pending
+            break
+        time.sleep(2 if running else 60)
+        for run, (process, log) in list(running.items()):
+            if process.poll() is not None:
+                log.close()
+                del running[run]
+                if process.returncode:
+                    failed.append(run)
+                    print(f"!! {'/'.join(map(str, run))} failed (exit {process.returncode}); see its log", flush=True)
+    return failed
 
 
 def coverage() -> str:
@@ -100,9 +150,11 @@ def coverage() -> str:
 CLAIMS = (
     ("ProPETL matches adapters at about a tenth of the storage", "proadapter", ("pfeiffer",), None, 1.0),
     ("ProPETL's LoRA matches LoRA at a fraction of the storage", "prolora", ("lora",), None, 1.0),
-    # The reproduction does not run `parallel`: `pfeiffer` stands in for MAM's FFN-adapter part.
-    ("MAM at least matches its parts (prefix; `pfeiffer` for the FFN adapter)", "mam", ("prefix", "pfeiffer"), None, 0.0),
-    ("diff pruning at 0.5 % is close to full fine-tuning", "diffprune", ("full",), None, 2.0),
+    # MAM's FFN part is a scaled parallel adapter; the grid's `parallel` (unscaled, r = d/2) stands in for it.
+    ("MAM at least matches its parts (prefix; `parallel` for the FFN adapter)", "mam", ("prefix", "parallel"), None, 0.0),
+    ("MAM's GLUE variant (prefix l = 16, scaled parallel adapter r = 16) at least matches the same parts",
+     "mam_glue", ("prefix", "parallel"), None, 0.0),
+    ("diff pruning at 0.5 % is close to full fine-tuning", "diffprune_short", ("full",), None, 2.0),
     ("ScaLearn beats single-task adapters on small targets", "scalearn", ("pfeiffer",), ("cb", "copa", "wsc"), 0.0),
     ("ScaLearn matches AdapterFusion with far fewer parameters", "scalearn", ("adapterfusion",), ("cb", "copa", "wsc"), 1.0),
 )
@@ -143,8 +195,26 @@ def claims() -> str:
     return "\n".join(lines) + "\n"
 
 
+def collapses() -> str:
+    """The report's runs whose test predictions were all one class (or one value), by task and method."""
+    report = json.loads((REPORT / "report.json").read_text())
+    found, unrecorded = {}, []
+    for path in report["runs"]:
+        result = json.loads(Path(path).read_text())
+        if "test_collapse" not in result:
+            unrecorded.append(f"{result['task']}/{result['method']}/seed{result['seed']}")
+        elif result["test_collapse"]:
+            found.setdefault((result["task"], result["test_collapse"]), []).append(f"{result['method']} ({result['seed']})")
+    lines = ["One predicted class (or one value) for every test example: " + (
+        "; ".join(f"{task}, {what}: {', '.join(runs)}" for (task, what), runs in sorted(found.items())) if found else "none")
+        + "."]
+    if unrecorded:
+        lines.append(f"Not recorded (trained before results.json had `test_collapse`): {', '.join(unrecorded)}.")
+    return "\n".join(lines) + "\n"
+
+
 def readme_block() -> str:
-    return "\n" + coverage() + "\n" + (REPORT / "report.md").read_text() + "\n" + claims()
+    return "\n" + coverage() + "\n" + (REPORT / "report.md").read_text() + "\n" + claims() + "\n" + collapses()
 
 
 def update_readme() -> None:
@@ -157,14 +227,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, one thread each (default 1)")
     parser.add_argument("--report-only", action="store_true", help="regenerate the table, plot and README only")
+    parser.add_argument("--one", nargs=3, metavar=("TASK", "METHOD", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.chdir(ROOT.parent)  # the paths above are relative to the repository root
+    if args.one:
+        return train(args.one[0], args.one[1], int(args.one[2]))
     if not args.report_only:
-        todo = [r for r in plan(args.tasks, args.methods) if not (run_dir(*r) / "results.json").exists()]
-        for i, (task, method, seed) in enumerate(todo, 1):
-            print(f"== [{i}/{len(todo)}] {task} / {method} / seed {seed}", flush=True)
-            train(task, method, seed)
+        todo = missing(plan(args.tasks, args.methods))
+        if failed := run_all(todo, max(1, args.jobs)):
+            sys.exit(f"{len(failed)} runs failed: {', '.join('/'.join(map(str, r)) for r in failed)}")
     build_report([RUNS], REPORT, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     update_readme()
     print(readme_block())

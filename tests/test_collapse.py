@@ -44,4 +44,6 @@ def test_a_run_that_collapses_says_so_and_records_it(tiny_bert, data, tmp_path, 
     results = train_task("reviews", "lora", tiny_bert, None, str(tmp_path / "run"), options(epochs=3),
                          custom=data, log=lambda m: None, callbacks=[ZeroHead()])
     assert results["collapse"]["predicted"] == "class 0"
+    assert results["test_collapse"] == "class 0"  # the test split's predictions, read apart from validation's
     assert "the model has collapsed" in capsys.readouterr().err
+

@@ -20,7 +20,7 @@ GLUE = Path(os.environ.get("UNIPETL_GLUE_DIR") or Path(__file__).resolve().paren
 def test_prefix_tuning_at_its_defaults_does_not_collapse_on_real_sst2(tmp_path):
     options = TrainOptions(epochs=3, max_train_samples=480, max_length=32, batch_size=16, seed=42, progress=False)
     result = train_task("sst2", "prefix", None, str(GLUE), str(tmp_path / "run"), options, log=lambda m: None)
-    assert result["collapse"] is None
+    assert result["collapse"] is None and result["test_collapse"] is None
     petl, backbone, io, info = load_task_module(str(tmp_path / "run" / "module"))
     examples = load_split("sst2", "validation", GLUE)[:400]
     predictions = Counter(p["prediction"] for p in io.predict(petl, backbone, examples, info["max_length"]))

@@ -16,13 +16,14 @@ MARKERS = ("<!-- reproduction table: start -->", "<!-- reproduction table: end -
 pytestmark = pytest.mark.skipif(not (REPORT / "report.md").exists(), reason="no reproduction report committed yet")
 
 
-def test_the_committed_report_regenerates_byte_for_byte(tmp_path, monkeypatch):
+@pytest.mark.parametrize("report", [REPORT, REPORT / "history" / "v1"], ids=["current", "history-v1"])
+def test_the_committed_report_regenerates_byte_for_byte(report, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the report names its runs by paths relative to the repository
-    build_report([Path("benchmarks/reproduction/runs")], tmp_path, warn=lambda m: None)
+    build_report([(report / "runs").relative_to(REPO)], tmp_path, warn=lambda m: None)
     for name in ("report.md", "report.csv", "report.json"):
-        assert (tmp_path / name).read_bytes() == (REPORT / name).read_bytes(), name
-    if json.loads((REPORT / "report.json").read_text())["matplotlib"] == matplotlib.__version__:
-        assert (tmp_path / "report.png").read_bytes() == (REPORT / "report.png").read_bytes()
+        assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name
+    if json.loads((report / "report.json").read_text())["matplotlib"] == matplotlib.__version__:
+        assert (tmp_path / "report.png").read_bytes() == (report / "report.png").read_bytes()
 
 
 def test_the_readme_table_is_the_committed_report_with_its_coverage_line(monkeypatch):

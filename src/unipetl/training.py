@@ -23,7 +23,7 @@ from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingA
 
 from .backbone import Backbone, load_backbone
 from .collapse import KINDS as COLLAPSE_KINDS
-from .collapse import CollapseWatch
+from .collapse import CollapseWatch, collapsed
 from .config import PetlConfig
 from .encoding import collator_for, encode
 from .errors import ConfigError, DataError
@@ -225,13 +225,18 @@ def encode_splits(io: TaskIO, backbone: Backbone, max_length: int) -> dict:
     return encoded
 
 
-def evaluate_split(trainer: PetlTrainer, dataset, io: TaskIO, backbone: Backbone, split: str) -> dict[str, float]:
+def evaluate_split(trainer: PetlTrainer, dataset, io: TaskIO, backbone: Backbone, split: str,
+                   collapse: dict | None = None) -> dict[str, float]:
+    """The split's task metrics; ``collapse``, when given, gets {split: what the predictions collapsed to,
+    or None} for heads that give scores or a value (a one-class test set is read beside the score)."""
     previous = trainer.compute_metrics
     trainer.compute_metrics = io.metrics_function(split, backbone)
     try:
         output = trainer.predict(dataset, metric_key_prefix="test")
     finally:
         trainer.compute_metrics = previous
+    if collapse is not None and io.kind in COLLAPSE_KINDS:
+        collapse[split] = collapsed(output.predictions, io.kind)
     return task_metrics(output.metrics, "test_")
 
 
@@ -355,7 +360,8 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
                     f"validation {len(splits['validation'])}, test {len(splits['test'])} | "
                     f"trainable {report['trainable_params']:,} (+ head {report['head_params']:,}) | lr {learning_rate:g}")
             train_seconds = resume_and_train(trainer, work, resume, log)
-        metrics = evaluate_split(trainer, encoded["test"], io, backbone, "test")
+        test_collapse = {}
+        metrics = evaluate_split(trainer, encoded["test"], io, backbone, "test", test_collapse)
         metrics.update(io.generated_metrics(petl, backbone, "test", options.max_length))
         extra_tests = {name: evaluate_split(trainer, encoded[name], io, backbone, name)
                        for name in splits if name.startswith("test_")}
@@ -379,6 +385,8 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             "learning_rate": learning_rate, "config": config.to_dict(), "options": asdict(options), "seed": options.seed,
             "device": device_name(), **data_record(data_dir), **stage_results,
             "collapse": trainer.collapse_watch.record if trainer.collapse_watch else None,
+            # what every test prediction was, when they were all one class or one value (else null)
+            "test_collapse": test_collapse.get("test"),
         }
         write_json_atomically(work / RESULTS_FILE, results)
         remove_checkpoints(work, options)
