@@ -277,11 +277,15 @@ def test_a_propetl_family_counts_its_prototype_alone_and_amortised_over_its_task
         == (750, 1950, 1350)
 
 
-def make_source(folder, *sizes):
+def make_source(folder, *sizes, sha256=None):
+    """A source module folder of ``sizes`` bytes per file; the first is its header, naming the weights hash."""
     folder.mkdir(parents=True)
-    for i, size in enumerate(sizes):
+    sha256 = sha256 or f"{folder.parent.name}-hash"
+    header = json.dumps({"weights": {"sha256": sha256}})
+    (folder / "unipetl_module.json").write_text(header.ljust(sizes[0]))  # JSON allows trailing blanks
+    for i, size in enumerate(sizes[1:], 1):
         (folder / f"file{i}").write_bytes(b"x" * size)
-    return {"name": folder.parent.name, "path": str(folder), "sha256": f"{folder.parent.name}-hash"}
+    return {"name": folder.parent.name, "path": str(folder), "sha256": sha256}
 
 
 def test_transfer_runs_count_the_source_adapters_they_combine(tmp_path):
@@ -328,6 +332,24 @@ def test_a_missing_source_is_sized_from_its_run_or_said_to_be_unknown(tmp_path):
     assert str(tmp_path / "gone" / "module") in note and "scalearn_uniform" in note
     summary = json.loads((out / "report.json").read_text())["methods"]["scalearn_uniform"]
     assert summary["bytes_per_task_alone"] is None and summary["bytes_per_task_amortised"] is None
+
+
+def test_a_source_folder_retrained_since_is_not_the_recorded_source(tmp_path):
+    """A grid rerun writes new source adapters where the old ones were: the old transfer runs are sized
+    from the runs that wrote their sources (by the hash they recorded), not from today's folder."""
+    root = tmp_path / "history" / "runs"
+    write_result(root / "wic" / "pfeiffer" / "seed42", **single("wic", "pfeiffer", 2800))
+    today = make_source(tmp_path / "now" / "runs" / "wic" / "pfeiffer" / "seed42" / "module", 9000, 1000,
+                        sha256="new-hash")
+    recorded = {**today, "sha256": "old-hash"}  # same path, the adapter trained before
+    write_result(root / "cb" / "scalearn", **single("cb", "scalearn", 100, config={"transfer_sources": [recorded]}))
+    out = tmp_path / "r"
+    assert main(["report", str(root), "--output-dir", str(out)]) == 0
+    assert float(csv_rows(out)[("scalearn", "cb")]["bytes_alone_mean"]) == 100 + 2800
+    write_result(root / "cb" / "scalearn-today", **single("cb", "scalearn", 100, config={"transfer_sources": [today]}))
+    (root / "cb" / "scalearn" / "results.json").unlink()
+    assert main(["report", str(root), "--output-dir", str(out)]) == 0
+    assert float(csv_rows(out)[("scalearn", "cb")]["bytes_alone_mean"]) == 100 + 10_000  # the folder it names
 
 
 def test_test_sets_of_different_sizes_are_named_under_the_table(tmp_path):

@@ -269,10 +269,24 @@ def _source_bytes(part: SharedPart, runs: list[Run]) -> int | None:
     if part.path is None:
         return None
     folder = Path(part.path)
-    if folder.is_dir():
+    if folder.is_dir() and _holds_source(folder, part):
         return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     sizes = {run.stored_bytes for run in runs if run.location and folder.parts[-len(run.location):] == run.location}
     return sizes.pop() if len(sizes) == 1 else None
+
+
+def _holds_source(folder: Path, part: SharedPart) -> bool:
+    """Whether the module in ``folder`` is the recorded source: a retrained adapter written to the same
+    path later has another weights hash (and maybe another size). Without a recorded hash, any module."""
+    from .module_format import HEADER_FILE
+
+    if part.key == part.path:  # no hash was recorded: the path is all there is
+        return True
+    try:
+        header = json.loads((folder / HEADER_FILE).read_text())
+        return header["weights"]["sha256"] == part.key
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 # ----------------------------------------------------------------------------- aggregation
