@@ -65,9 +65,12 @@ COST_ORDER = ("cb", "copa", "wsc", "wic", "sst2", "stsb", "cola")
 
 
 def plan(tasks, methods) -> list[tuple[str, str, int]]:
-    """The seed-42 sources first, then task by task from the cheapest: every method's seeds."""
+    """The seed-42 sources first, then every task at its first seed, task by task from the cheapest,
+    then the small tasks' other seeds: an unfinished grid has one run of every cell it reached."""
     order = [(t, "pfeiffer", 42) for t in tasks if "pfeiffer" in methods or set(methods) & set(TRANSFER)]
-    order += [(t, m, s) for t in sorted(tasks, key=COST_ORDER.index) for m in methods for s in TASKS[t][3]]
+    by_cost = sorted(tasks, key=COST_ORDER.index)
+    order += [(t, m, TASKS[t][3][0]) for t in by_cost for m in methods]
+    order += [(t, m, s) for t in by_cost for m in methods for s in TASKS[t][3][1:]]
     return list(dict.fromkeys(order))
 
 
