@@ -18,7 +18,8 @@ Targets CB, COPA, WSC and WiC, seeds 42-44, with the grid's settings for each ta
 `adapterfusion` over the eight sources, against the grid's single-task `pfeiffer` (WiC's seeds 43 and
 44 are trained here: the grid runs one seed on WiC). Each run writes
 benchmarks/results/scalearn_large_sources/runs/<task>/<method>/seed<S>/results.json; finished runs are
-skipped. The table goes to benchmarks/results/scalearn_large_sources/summary.md.
+skipped. The table goes to benchmarks/results/scalearn_large_sources/summary.md and into the README
+between its markers.
 """
 
 import argparse
@@ -41,6 +42,7 @@ METHODS = ("scalearn", "adapterfusion")
 # Large sources: task -> (training examples or None for all, epochs, max length, data folder)
 LARGE = {"sst2": (None, 1.0, 64, reproduce.GLUE), "qnli": (None, 2.0, 128, QNLI_SPLIT)}
 GRID_SOURCES = ("cola", "stsb", "wic", "cb", "copa", "wsc")
+MARKERS = ("<!-- scalearn large sources: start -->", "<!-- scalearn large sources: end -->")
 
 
 def run_dir(task: str, method: str, seed: int) -> Path:
@@ -161,6 +163,9 @@ def main():
             sys.exit(f"{len(failed)} runs failed: {', '.join('/'.join(map(str, r)) for r in failed)}")
     text = summary()
     (OUT / "summary.md").write_text(text)
+    readme = reproduce.README.read_text()
+    start, end = readme.index(MARKERS[0]) + len(MARKERS[0]), readme.index(MARKERS[1])
+    reproduce.README.write_text(readme[:start] + "\n" + text + readme[end:])
     print(text)
 
 

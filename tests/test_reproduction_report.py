@@ -35,3 +35,17 @@ def test_the_readme_table_is_the_committed_report_with_its_coverage_line(monkeyp
     block = readme[readme.index(MARKERS[0]) + len(MARKERS[0]):readme.index(MARKERS[1])]
     assert block == reproduce.readme_block()
     assert (REPORT / "report.md").read_text() in block
+
+
+def test_the_readme_scalearn_large_sources_table_is_its_committed_summary(monkeypatch):
+    """benchmarks/scalearn_large_sources.py writes summary.md from the committed results.json files and
+    copies it into the README: both must be what it makes of them now."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("scalearn_large_sources", REPO / "benchmarks" / "scalearn_large_sources.py")
+    large = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(large)
+    summary = (REPO / large.OUT / "summary.md").read_text()
+    assert summary == large.summary()
+    readme = (REPO / "README.md").read_text()
+    assert readme[readme.index(large.MARKERS[0]) + len(large.MARKERS[0]):readme.index(large.MARKERS[1])] == "\n" + summary
