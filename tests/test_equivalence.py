@@ -267,6 +267,42 @@ def test_prompt_tuning_equals_backbone_on_prepended_embeddings(family):
     torch.testing.assert_close(logits(petl, batch), expected, atol=1e-6, rtol=0)
 
 
+def test_prompt_tuning_on_multiple_choice_scores_each_choice_with_the_prompt_in_front():
+    """COPA-style (batch, choices, length) inputs: each choice's score equals the classifier on the pooled
+    output of [prompt, that choice's tokens], computed choice by choice on the plain model."""
+    import transformers as T
+
+    from tiny_models import HEADS, HIDDEN, LAYERS, VOCAB
+
+    config = T.BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                          intermediate_size=4 * HIDDEN, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    reference = T.BertForMultipleChoice(config).eval()
+    model = T.BertForMultipleChoice(config).eval()
+    model.load_state_dict(reference.state_dict())
+    petl = unipetl.get_petl_model(model, PetlConfig(attn_mode="prompt_tuning", attn_bn=3)).eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, VOCAB, (2, 3, 6), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 2, 4:] = 0  # a padded choice
+    types = torch.zeros_like(ids)
+    types[..., 3:] = 1
+    prompt = petl.methods["prompt"].embedding
+    with torch.no_grad():
+        got = petl(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        expected = torch.empty(2, 3)
+        for b in range(2):
+            for c in range(3):
+                embeds = torch.cat([prompt, reference.bert.embeddings.word_embeddings(ids[b, c])])[None]
+                pooled = reference.bert(inputs_embeds=embeds, attention_mask=torch.cat([torch.ones(3), mask[b, c]])[None],
+                                        token_type_ids=torch.cat([torch.zeros(3, dtype=torch.long), types[b, c]])[None]
+                                        ).pooler_output
+                expected[b, c] = reference.classifier(pooled)[0, 0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    petl(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=torch.tensor([0, 2])).loss.backward()
+    assert prompt.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------- merge
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("config", [PetlConfig(attn_mode="lora", attn_bn=4), PetlConfig(ffn_mode="lora", ffn_bn=4),

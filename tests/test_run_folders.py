@@ -164,6 +164,9 @@ def test_a_damaged_checkpoint_is_a_data_error_naming_it(tiny_bert, data, tmp_pat
     (["--max-steps", "1", "--weight-decay", "nan"], "--weight-decay=nan must be a finite number"),
     (["--epochs", "inf"], "--epochs=inf must be a finite number"),
     (["--max-steps", "1", "--max-length", "1000"], "--max-length 1000 is more than this bert backbone's 128 positions"),
+    (["--max-steps", "1", "--max-length", "100", "--method", "prompt_tuning", "--set", "attn_bn=40"],
+     "--max-length 100 plus prompt tuning's 40 prompt positions is more than this bert backbone's 128 positions; "
+     "give --max-length 88 or less"),
 ])
 def test_impossible_values_are_one_line_and_exit_2(tiny_bert, data, tmp_path, capsys, args, message):
     code = run_cli("train", "--train-file", data["train_file"], "--text-columns", "review", "--label-column", "stars",

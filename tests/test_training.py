@@ -99,9 +99,10 @@ def test_predict_gives_one_line_per_input(tiny_bert, tmp_path, capsys):
 
 
 @needs_glue
-@pytest.mark.parametrize("task,method", [("stsb", "lora"), ("copa", "houlsby"), ("wsc", "prefix"), ("cola", "bitfit")])
+@pytest.mark.parametrize("task,method", [("stsb", "lora"), ("copa", "houlsby"), ("copa", "prompt_tuning"), ("wsc", "prefix"),
+                                         ("cola", "bitfit")])
 def test_every_task_kind_trains(tiny_bert, tmp_path, task, method):
-    overrides = {"attn_bn": 4, "mid_dim": 16} if method == "prefix" else {}
+    overrides = {"attn_bn": 4, "mid_dim": 16} if method == "prefix" else {"attn_bn": 4} if method == "prompt_tuning" else {}
     results = train_task(task, method, tiny_bert, str(GLUE), str(tmp_path / "r"), quick(max_train_samples=32, epochs=1),
                          overrides=overrides, log=lambda m: None)
     assert results["metrics"]

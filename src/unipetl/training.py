@@ -285,12 +285,18 @@ def resume_and_train(trainer: "PetlTrainer", work: Path, resume: bool, log) -> f
     return trainer.train_seconds()
 
 
-def check_max_length(model, max_length: int, io: TaskIO) -> None:
-    """Refuse --max-length beyond the positions the backbone has, before a long input crashes the run."""
+def check_max_length(model, max_length: int, io: TaskIO, prompt_positions: int = 0) -> None:
+    """Refuse --max-length beyond the positions the backbone has, before a long input crashes the run.
+    Prompt tuning's prompt takes ``prompt_positions`` of them in front of every input."""
     limit = max_positions(model)
-    if limit is not None and io.kind != "seq2seq" and max_length > limit:
-        raise ConfigError(f"--max-length {max_length} is more than this {model.config.model_type} backbone's "
-                          f"{limit} positions; give --max-length {limit} or less")
+    if limit is None or io.kind == "seq2seq" or max_length + prompt_positions <= limit:
+        return
+    if prompt_positions:
+        raise ConfigError(f"--max-length {max_length} plus prompt tuning's {prompt_positions} prompt positions is more "
+                          f"than this {model.config.model_type} backbone's {limit} positions; give --max-length "
+                          f"{max(limit - prompt_positions, 0)} or less, or a shorter prompt (--set attn_bn=N)")
+    raise ConfigError(f"--max-length {max_length} is more than this {model.config.model_type} backbone's "
+                      f"{limit} positions; give --max-length {limit} or less")
 
 
 # ----------------------------------------------------------------------- the whole run
@@ -340,7 +346,8 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     else:
         petl = get_petl_model(backbone.model, config, fast_cpu_dropout=options.fast_cpu_dropout)
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
-    check_max_length(backbone.model, options.max_length, io)
+    check_max_length(backbone.model, options.max_length, io,
+                     config.attn_bn if config.attn_mode == "prompt_tuning" else 0)
 
     with RunFolder(out, resume, overwrite, arguments) as run:
         work = run.work

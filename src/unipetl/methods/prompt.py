@@ -111,14 +111,15 @@ class PromptTuning(Method):
             embeds = self.host.model.get_input_embeddings()(input_ids)
         if kwargs.get("position_ids") is not None:
             raise ValueError("prompt tuning shifts positions; do not pass position_ids")
-        batch, length = embeds.shape[:2]
+        # A multiple-choice batch is (batch, choices, length): every choice gets the prompt, as a row does.
+        *lead, length, width = embeds.shape
         n = self.prompt.embedding.shape[0]
-        kwargs["inputs_embeds"] = self.prompt(embeds)
+        kwargs["inputs_embeds"] = self.prompt(embeds.reshape(-1, length, width)).reshape(*lead, n + length, width)
         mask = kwargs.get("attention_mask")
         if mask is None:
-            mask = torch.ones(batch, length, dtype=torch.long, device=embeds.device)
-        kwargs["attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)
+            mask = torch.ones(*lead, length, dtype=torch.long, device=embeds.device)
+        kwargs["attention_mask"] = torch.cat([mask.new_ones(*lead, n), mask], dim=-1)
         if kwargs.get("token_type_ids") is not None:
             tt = kwargs["token_type_ids"]
-            kwargs["token_type_ids"] = torch.cat([tt.new_zeros(batch, n), tt], dim=1)
+            kwargs["token_type_ids"] = torch.cat([tt.new_zeros(*lead, n), tt], dim=-1)
         return kwargs
