@@ -237,13 +237,12 @@ def main():
     os.chdir(ROOT.parent)  # the paths above are relative to the repository root
     if args.one:
         return train(args.one[0], args.one[1], int(args.one[2]))
-    if not args.report_only:
-        todo = missing(plan(args.tasks, args.methods))
-        if failed := run_all(todo, max(1, args.jobs)):
-            sys.exit(f"{len(failed)} runs failed: {', '.join('/'.join(map(str, r)) for r in failed)}")
+    failed = [] if args.report_only else run_all(missing(plan(args.tasks, args.methods)), max(1, args.jobs))
     build_report([RUNS], REPORT, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     update_readme()
     print(readme_block())
+    if failed:  # the report covers the runs that finished; say which did not, and exit non-zero
+        sys.exit(f"{len(failed)} runs failed: {', '.join('/'.join(map(str, r)) for r in failed)} (see their logs)")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,7 @@ def main():
     os.chdir(reproduce.ROOT.parent)
     if args.one:
         return train(args.one[0], args.one[1], int(args.one[2]))
+    failed = []
     if not args.report_only:
         split_qnli()
         todo = [r for r in plan() if not (run_dir(*r) / "results.json").exists()]
@@ -159,14 +160,15 @@ def main():
                 and any(m in METHODS for _, m, _ in todo)] + todo
         grid_sources = source_modules()[len(LARGE):]
         waiting = lambda: not all(m.is_dir() for m in grid_sources)  # noqa: E731 (python benchmarks/reproduce.py trains them)
-        if failed := reproduce.run_all(list(dict.fromkeys(todo)), max(1, args.jobs), ready, run_dir, __file__, waiting):
-            sys.exit(f"{len(failed)} runs failed: {', '.join('/'.join(map(str, r)) for r in failed)}")
+        failed = reproduce.run_all(list(dict.fromkeys(todo)), max(1, args.jobs), ready, run_dir, __file__, waiting)
     text = summary()
     (OUT / "summary.md").write_text(text)
     readme = reproduce.README.read_text()
     start, end = readme.index(MARKERS[0]) + len(MARKERS[0]), readme.index(MARKERS[1])
     reproduce.README.write_text(readme[:start] + "\n" + text + readme[end:])
     print(text)
+    if failed:
+        sys.exit(f"{len(failed)} runs failed: {', '.join('/'.join(map(str, r)) for r in failed)} (see their logs)")
 
 
 if __name__ == "__main__":
