@@ -74,10 +74,15 @@ def plan(tasks, methods) -> list[tuple[str, str, int]]:
     return list(dict.fromkeys(order))
 
 
+def grid_options(samples: int | None, epochs: float, length: int, seed: int) -> TrainOptions:
+    """The grid's training options (ScaLearn's split protocol, batch 16, at most 1,000 validation examples)."""
+    return TrainOptions(epochs=epochs, max_train_samples=samples, max_length=length, batch_size=16, seed=seed,
+                        protocol="scalearn", max_validation_samples=1000, progress=False)
+
+
 def train(task: str, method: str, seed: int) -> None:
     samples, epochs, length, _ = TASKS[task]
-    options = TrainOptions(epochs=epochs, max_train_samples=samples, max_length=length, batch_size=16, seed=seed,
-                           protocol="scalearn", max_validation_samples=1000, progress=False)
+    options = grid_options(samples, epochs, length, seed)
     train_task(task, method, None, str(GLUE), str(run_dir(task, method, seed)), options, overwrite=True,
                log=lambda m: print(m, flush=True), sources=sources(method))
 

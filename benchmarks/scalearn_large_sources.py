@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 import reproduce
-from unipetl.training import TrainOptions, train_task
+from unipetl.training import train_task
 
 OUT = Path("benchmarks/results/scalearn_large_sources")
 RUNS = OUT / "runs"
@@ -80,8 +80,7 @@ def train(task: str, method: str, seed: int) -> None:
         samples, epochs, length, data = LARGE[task]
     else:
         (samples, epochs, length, _), data = reproduce.TASKS[task], reproduce.GLUE
-    options = TrainOptions(epochs=epochs, max_train_samples=samples, max_length=length, batch_size=16, seed=seed,
-                           protocol="scalearn", max_validation_samples=1000, progress=False)
+    options = reproduce.grid_options(samples, epochs, length, seed)
     sources = [str(m) for m in source_modules()] if method in METHODS else None
     train_task(task, method, None, str(data), str(run_dir(task, method, seed)), options, overwrite=True,
                log=lambda m: print(m, flush=True), sources=sources)
