@@ -49,3 +49,25 @@ def test_the_readme_scalearn_large_sources_table_is_its_committed_summary(monkey
     assert summary == large.summary()
     readme = (REPO / "README.md").read_text()
     assert readme[readme.index(large.MARKERS[0]) + len(large.MARKERS[0]):readme.index(large.MARKERS[1])] == "\n" + summary
+
+
+def test_a_claim_that_fails_names_its_gaps_and_the_tasks_where_a_reference_predicted_one_class(monkeypatch):
+    """The measured reasons under a failed claim: each task's gap, and the claim again without a task on
+    which the reference scored by predicting one class for every test example."""
+    monkeypatch.chdir(REPO)
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    Run = reproduce.Run
+    runs = {("sst2", "new", 42): Run(80.0, 1, None, 872), ("sst2", "old", 42): Run(80.5, 1, None, 872),
+            ("wsc", "new", 42): Run(50.0, 1, None, 104), ("wsc", "new", 43): Run(54.0, 1, None, 104),
+            ("wsc", "old", 42): Run(63.46, 1, "class 0", 104), ("wsc", "old", 43): Run(60.0, 1, None, 104)}
+    lines = reproduce.why_not(runs, {"sst2": [42], "wsc": [42, 43]}, "new", ("old",), 1.0)
+    assert lines[0] == "  - By task, `new` minus `old` (test examples): sst2 -0.50 (872), wsc -9.73 (104)."
+    assert "(wsc: `old`, class 0, in 1 of 2 seeds)" in lines[1]
+    assert lines[1].endswith("Without wsc: `new` 80.00 against `old` 80.50 (-0.50 points), which holds (tolerance 1 points).")
+    runs[("sst2", "new", 42)] = Run(78.0, 1, None, 872)
+    assert reproduce.why_not(runs, {"sst2": [42], "wsc": [42, 43]}, "new", ("old",), 1.0)[1].endswith(
+        "(-2.50 points), which does not hold (tolerance 1 points).")
+    runs[("wsc", "old", 42)] = Run(63.46, 1, None, 104)  # no collapse: the gaps alone
+    assert len(reproduce.why_not(runs, {"sst2": [42], "wsc": [42, 43]}, "new", ("old",), 1.0)) == 1

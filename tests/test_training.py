@@ -133,6 +133,11 @@ def test_a_killed_run_resumed_from_its_checkpoint_ends_like_an_uninterrupted_one
                          resume=True, log=lambda m: None)
     assert resumed["metrics"] == full["metrics"]
     assert resumed["validation_metrics"]["main_score"] == full["validation_metrics"]["main_score"]
+    # every epoch's evaluation is recorded, the interrupted run's first one included, and the best of
+    # them is the checkpoint the run kept
+    assert [h["epoch"] for h in full["validation_history"]] == [1, 2, 3]
+    assert resumed["validation_history"] == full["validation_history"]
+    assert max(h["main_score"] for h in full["validation_history"]) == full["validation_metrics"]["main_score"]
 
 
 # ------------------------------------------------------------------ bad input through the CLI

@@ -249,6 +249,13 @@ def task_metrics(trainer_metrics: dict, prefix: str) -> dict[str, float]:
             if k.startswith(prefix) and k[len(prefix):] not in TRAINER_FIGURES}
 
 
+def validation_history(trainer) -> list[dict]:
+    """The task's metrics at each evaluation during training (for staged methods, the last stage's),
+    with the epoch and step: whether a run was still improving when its budget ended."""
+    return [{"epoch": entry.get("epoch"), "step": entry.get("step"), **task_metrics(entry, "eval_")}
+            for entry in trainer.state.log_history if any(key.startswith("eval_") for key in entry)]
+
+
 def full_model_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -367,6 +374,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
                     f"validation {len(splits['validation'])}, test {len(splits['test'])} | "
                     f"trainable {report['trainable_params']:,} (+ head {report['head_params']:,}) | lr {learning_rate:g}")
             train_seconds = resume_and_train(trainer, work, resume, log)
+        history = validation_history(trainer)  # before the evaluations below add their own entries
         test_collapse = {}
         metrics = evaluate_split(trainer, encoded["test"], io, backbone, "test", test_collapse)
         metrics.update(io.generated_metrics(petl, backbone, "test", options.max_length))
@@ -394,6 +402,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             "collapse": trainer.collapse_watch.record if trainer.collapse_watch else None,
             # what every test prediction was, when they were all one class or one value (else null)
             "test_collapse": test_collapse.get("test"),
+            "validation_history": history,
         }
         write_json_atomically(work / RESULTS_FILE, results)
         remove_checkpoints(work, options)
