@@ -4,6 +4,7 @@ SST-2 quality check on the real MiniLM (slow)."""
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from transformers import TrainerCallback
 import unipetl
 from unipetl.cli import main
 from unipetl.defaults import default_model_path
+from unipetl.tasks import get_task, make_splits
 from unipetl.training import TrainOptions, train_task
 
 GLUE = Path(os.environ.get("UNIPETL_GLUE_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"))
@@ -303,6 +305,9 @@ def test_multitask_shares_the_method_and_saves_a_loadable_module_per_task(tiny_b
     assert results["tasks"] == ["cb", "stsb"] and results["multitask"] is True
     assert set(results["per_task"]["stsb"]["metrics"]) >= {"pearson", "spearmanr"}
     assert set(results["per_task"]["cb"]["metrics"]) >= {"accuracy", "macro_f1"}
+    stsb_train = make_splits(get_task("stsb"), str(GLUE), "dev_as_test", 42, 32, None)["train"]
+    assert results["per_task"]["stsb"]["regression_bias_start"] == pytest.approx(statistics.mean(e.label for e in stsb_train))
+    assert results["per_task"]["cb"]["regression_bias_start"] is None
     for task in ("cb", "stsb"):
         petl, backbone, spec, info = load_module(str(out / "module" / task))
         assert spec.name == task

@@ -76,6 +76,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                              "tokens (attention crosses their boundaries; evaluation is never packed)")
     parser.add_argument("--torch-dropout", action="store_true",
                         help="CPU training: draw dropout masks with torch's sampler, not unipetl's faster one")
+    parser.add_argument("--zero-regression-bias", action="store_true",
+                        help="regression tasks: start the head's output bias at 0, as transformers does (default: at "
+                             "the training labels' mean, so the first steps do not push every input's output alike)")
     custom = parser.add_argument_group(
         "your own data (CSV, TSV or JSONL with a header / keys), or the files of squad (SQuAD .json/.jsonl) and "
         "xsum / wmt16_en_ro / wmt16_ro_en (JSONL or TSV)")
@@ -205,7 +208,8 @@ def cmd_train(args) -> int:
         early_stopping_patience=args.early_stopping_patience,
         precision=args.precision, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
         progress=not args.no_progress, fast_cpu_dropout=not args.torch_dropout, cpu=args.cpu,
-        keep_checkpoints=args.keep_checkpoints, decoder_head=args.decoder_head, packing=args.packing)
+        keep_checkpoints=args.keep_checkpoints, decoder_head=args.decoder_head, packing=args.packing,
+        regression_bias_at_mean=not args.zero_regression_bias)
     check_before_loading(args, options)
     from .training import train_task
 

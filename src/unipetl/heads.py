@@ -27,6 +27,15 @@ def head_parameter_names(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if id(p) not in base_ids]
 
 
+def regression_output(model: nn.Module) -> nn.Linear | None:
+    """The head's linear layer that outputs a regression value (one output with a bias: BERT's `classifier`,
+    RoBERTa's `classifier.out_proj`), or None where the head has no such layer or several."""
+    head = set(head_parameter_names(model))
+    found = [module for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and module.out_features == 1 and f"{name}.bias" in head]
+    return found[0] if len(found) == 1 else None
+
+
 def pooler_parameter_names(model: nn.Module) -> list[str]:
     """The parameters of the backbone's pooler (BERT); none where the backbone has no pooler."""
     pooler = getattr(model.base_model, "pooler", None)

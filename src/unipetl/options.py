@@ -31,11 +31,13 @@ class TrainOptions:
     progress: bool = True
     fast_cpu_dropout: bool = True  # CPU training: unipetl.dropout's sampler (False: torch's)
     cpu: bool = False  # train on the CPU even where a GPU is visible (torchrun/accelerate on a CPU machine)
-    keep_checkpoints: bool = False
+    keep_checkpoints: bool = False  # keep OUTPUT/checkpoints after a successful run (they only serve --resume)
     # How a decoder-only LM classifies: its LM head scoring label words, or a new sequence-classification
     # head on the last token (which also does regression).
     decoder_head: str = "label_words"
-    packing: bool = False  # instruction tuning: several examples per training sequence  # keep OUTPUT/checkpoints after a successful run (they only serve --resume)
+    packing: bool = False  # instruction tuning: several examples per training sequence
+    # A regression head's output bias starts at the training labels' mean (False: at 0, as transformers does)
+    regression_bias_at_mean: bool = True
 
     def validate(self) -> None:
         for field in fields(self):  # NaN passes every comparison below, and inf trains to garbage or crashes

@@ -27,6 +27,7 @@ from .collapse import CollapseWatch, collapsed
 from .config import PetlConfig
 from .encoding import collator_for, encode
 from .errors import ConfigError, DataError
+from .heads import regression_output
 from .atomic import write_json_atomically
 from .model import PetlModel, get_petl_model
 from .options import TrainOptions
@@ -249,6 +250,22 @@ def task_metrics(trainer_metrics: dict, prefix: str) -> dict[str, float]:
             if k.startswith(prefix) and k[len(prefix):] not in TRAINER_FIGURES}
 
 
+def start_at_label_mean(model: torch.nn.Module, examples: list) -> float | None:
+    """Set a regression head's output bias to the training labels' mean; returns it (None: no such bias).
+
+    From transformers' 0 the first steps' gradient asks every input for a larger output, and an
+    input-independent shift is what prefix-style methods learn fastest: on STS-B, `mam_glue` at its
+    default rate lost the [CLS] representation's dependence on the input (pooler outputs nearly equal for
+    every pair) and predicted about the mean for every pair (Pearson 0.07; from the mean, 0.86 on validation)."""
+    output = regression_output(model)
+    if output is None:
+        return None
+    mean = float(np.mean([float(example.label) for example in examples]))
+    with torch.no_grad():
+        output.bias.fill_(mean)
+    return mean
+
+
 def validation_history(trainer) -> list[dict]:
     """The task's metrics at each evaluation during training (for staged methods, the last stage's),
     with the epoch and step: whether a run was still improving when its budget ended."""
@@ -353,6 +370,8 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     else:
         petl = get_petl_model(backbone.model, config, fast_cpu_dropout=options.fast_cpu_dropout)
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
+    bias_start = (start_at_label_mean(backbone.model, splits["train"])
+                  if options.regression_bias_at_mean and io.kind == "regression" else None)
     check_max_length(backbone.model, options.max_length, io,
                      config.attn_bn if config.attn_mode == "prompt_tuning" else 0)
 
@@ -403,6 +422,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             # what every test prediction was, when they were all one class or one value (else null)
             "test_collapse": test_collapse.get("test"),
             "validation_history": history,
+            "regression_bias_start": bias_start,  # the head's output bias before training (None: transformers' 0)
         }
         write_json_atomically(work / RESULTS_FILE, results)
         remove_checkpoints(work, options)
@@ -553,6 +573,9 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     if len({b.mode == "text_to_text" for b in backbones}) > 1:
         raise ConfigError("all tasks of a multi-task run must use the same backbone mode")
     share_backbone([b.model for b in backbones])
+    bias_starts = {spec.name: start_at_label_mean(backbone.model, splits[spec.name]["train"])
+                   if options.regression_bias_at_mean and spec.kind == "regression" else None
+                   for spec, backbone in zip(specs, backbones)}
     petl = PetlModel(backbones[0].model, config, tasks=[s.name for s in specs],
                      fast_cpu_dropout=options.fast_cpu_dropout)
     joint = MultiTaskModel(petl, [s.name for s in specs], [b.model for b in backbones])
@@ -593,7 +616,8 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
             view.task = task_info
             members[s.name] = (view, task_info)
             per_task[s.name] = {"metrics": metrics, "main_score": main_score(s, metrics),
-                                "head_params": view.report()["head_params"], "test_examples": len(splits[s.name]["test"])}
+                                "head_params": view.report()["head_params"], "test_examples": len(splits[s.name]["test"]),
+                                "regression_bias_start": bias_starts[s.name]}
         shares = bool(petl.shared_tensor_names())
         if shares:  # a part every task shares (ProPETL's prototype): stored once for the family
             save_family(members, work / MODULE_DIR)
