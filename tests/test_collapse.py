@@ -3,7 +3,7 @@ row is warned about and recorded in results.json."""
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
+from transformers import EvalPrediction, TrainerCallback
 
 from test_run_folders import data, options  # noqa: F401 - data is a fixture
 from test_training import tiny_bert  # noqa: F401 - tiny_bert is a fixture
@@ -17,6 +17,12 @@ def test_one_class_or_one_value_is_a_collapse_and_variety_is_not():
     assert collapsed((np.array([[1.0, 0.0, 0.0]] * 4), None), "multiple_choice") == "class 0"
     assert collapsed(np.full((5, 1), 2.5), "regression") == "the constant 2.5"
     assert collapsed(np.array([[2.5], [2.6]]), "regression") is None
+    # about one value for every input, measured against the labels' spread
+    near = np.array([[2.50], [2.52], [2.49], [2.51]])
+    assert collapsed(near, "regression", labels=np.array([0.0, 5.0, 2.5, 4.0])).startswith("nearly the constant 2.505")
+    assert collapsed(near, "regression", labels=np.array([2.50, 2.53, 2.48, 2.51])) is None  # labels as narrow
+    assert collapsed(near, "regression") is None  # without labels only an exact constant counts
+    assert collapsed(np.array([[0.5], [4.5], [2.0], [3.0]]), "regression", labels=np.array([0.0, 5.0, 2.5, 4.0])) is None
 
 
 def test_the_watch_warns_at_the_second_collapsed_evaluation_in_a_row():
@@ -29,6 +35,10 @@ def test_the_watch_warns_at_the_second_collapsed_evaluation_in_a_row():
     watch.observe(one_class)
     assert watch.record["predicted"] == "class 1" and watch.record["evaluation"] == 4
     assert len(messages) == 1 and "collapsed" in messages[0] and "train_pooler" in messages[0]
+    regression = CollapseWatch("regression", "stsb", log=messages.append)
+    for _ in range(2):  # the Trainer's label_ids reach the check
+        regression.wrap(lambda p: {})(EvalPrediction(np.array([[2.5], [2.51], [2.49]]), np.array([0.0, 2.0, 5.0])))
+    assert regression.record["predicted"].startswith("nearly the constant 2.5")
 
 
 class ZeroHead(TrainerCallback):

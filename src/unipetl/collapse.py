@@ -2,7 +2,8 @@
 
 A frozen BERT pooler, a learning rate far off for the method, or prefix and prompt tuning on a short
 budget can leave a classifier predicting the majority class: the run ends with exit status 0 and a
-useless module. Two evaluations in a row with one predicted class (a constant, for regression) give a
+useless module; a regression head can do the same with about one value for every input. Two
+evaluations in a row with one predicted class (a constant or nearly one, for regression) give a
 warning with the likely causes, and results.json records it under "collapse".
 """
 
@@ -14,17 +15,32 @@ import numpy as np
 
 KINDS = ("classification", "regression", "multiple_choice")  # a head whose outputs are scores or a value
 LIKELY_CAUSES = ("a frozen pooler under a BERT-family classifier (--set train_pooler=false), a learning rate "
-                 "too high or too low for the method (--learning-rate), or too short a budget for prefix or prompt "
-                 "tuning (more --epochs)")
+                 "too high or too low for the method (--learning-rate), too short a budget for prefix or prompt "
+                 "tuning (more --epochs), or, for regression, a head whose bias started at 0 (--zero-regression-bias)")
 
 
-def collapsed(predictions, kind: str) -> str | None:
-    """What the predictions collapsed to ('class 1', 'the constant 0.5'), or None when they vary."""
+# A regression model whose predictions spread less than this fraction of the labels' standard deviation
+# explains at most about 1 % of their variance: for the purpose of a warning, one value for every input.
+NEAR_CONSTANT = 0.1
+
+
+def collapsed(predictions, kind: str, labels=None) -> str | None:
+    """What the predictions collapsed to ('class 1', 'the constant 0.5', 'nearly the constant 2.5 ...'),
+    or None when they vary. With ``labels``, regression predictions whose standard deviation is under a
+    tenth of the labels' count as nearly constant (STS-B: about the mean for every pair)."""
     scores = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions, dtype=np.float64)
     if kind == "regression":
         values = scores.reshape(-1)
-        spread = float(np.ptp(values)) if values.size else 0.0
-        return f"the constant {float(values.mean()):.4g}" if values.size > 1 and spread <= 1e-6 * max(1.0, abs(float(values.mean()))) else None
+        if values.size < 2:
+            return None
+        mean = float(values.mean())
+        if float(np.ptp(values)) <= 1e-6 * max(1.0, abs(mean)):
+            return f"the constant {mean:.4g}"
+        truth = None if labels is None else np.asarray(labels, dtype=np.float64).reshape(-1)
+        if truth is not None and truth.size > 1 and float(values.std()) < NEAR_CONSTANT * float(truth.std()):
+            return (f"nearly the constant {mean:.4g} (prediction standard deviation {float(values.std()):.3g}, "
+                    f"labels' {float(truth.std()):.3g})")
+        return None
     if scores.ndim != 2 or scores.shape[0] < 2 or scores.shape[1] < 2:
         return None
     classes = np.unique(scores.argmax(-1))
@@ -42,14 +58,14 @@ class CollapseWatch:
     def wrap(self, compute):
         def watched(eval_prediction):
             metrics = compute(eval_prediction)
-            self.observe(eval_prediction.predictions)
+            self.observe(eval_prediction.predictions, eval_prediction.label_ids)
             return metrics
 
         return watched
 
-    def observe(self, predictions) -> None:
+    def observe(self, predictions, labels=None) -> None:
         self.evaluations += 1
-        what = collapsed(predictions, self.kind)
+        what = collapsed(predictions, self.kind, labels)
         self.in_a_row = self.in_a_row + 1 if what is not None else 0
         if self.in_a_row >= 2 and self.record is None:
             self.record = {"predicted": what, "evaluation": self.evaluations, "likely_causes": LIKELY_CAUSES}

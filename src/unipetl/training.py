@@ -237,7 +237,7 @@ def evaluate_split(trainer: PetlTrainer, dataset, io: TaskIO, backbone: Backbone
     finally:
         trainer.compute_metrics = previous
     if collapse is not None and io.kind in COLLAPSE_KINDS:
-        collapse[split] = collapsed(output.predictions, io.kind)
+        collapse[split] = collapsed(output.predictions, io.kind, output.label_ids)
     return task_metrics(output.metrics, "test_")
 
 
