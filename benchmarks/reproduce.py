@@ -238,8 +238,8 @@ def why_not(runs: dict, shared: dict[str, list[int]], method: str, references, t
     if collapsed:
         kept = {t: s for t, s in shared.items() if t not in collapsed}
         where = "; ".join(f"{task}: {' and '.join(who)}" for task, who in collapsed.items())
-        line = (f"  - A reference predicted one class for every test example ({where}), so its score there is what "
-                f"that class alone scores.")
+        line = (f"  - A reference predicted one class (or about one value) for every test example ({where}), so its "
+                f"score there is what that prediction alone scores.")
         if kept:
             mean = means(runs, kept, (method, *references), "score")
             holds = all(mean[method] >= mean[r] - tolerance for r in references)
@@ -260,7 +260,7 @@ def collapses() -> str:
             unrecorded.append(f"{result['task']}/{result['method']}/seed{result['seed']}")
         elif result["test_collapse"]:
             found.setdefault((result["task"], result["test_collapse"]), []).append(f"{result['method']} ({result['seed']})")
-    lines = ["One predicted class (or one value) for every test example: " + (
+    lines = ["One predicted class (or about one value) for every test example: " + (
         "; ".join(f"{task}, {what}: {', '.join(runs)}" for (task, what), runs in sorted(found.items())) if found else "none")
         + "."]
     if unrecorded:
