@@ -134,9 +134,10 @@ def main():
                 if not (folder(task, name) / "results.json").exists():
                     print(f"== {task} / {name}", flush=True)
                     train(task, name)
+    text = summary()
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "summary.md").write_text(summary())
-    print(summary())
+    (OUT / "summary.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

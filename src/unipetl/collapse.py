@@ -37,9 +37,11 @@ def collapsed(predictions, kind: str, labels=None) -> str | None:
         if float(np.ptp(values)) <= 1e-6 * max(1.0, abs(mean)):
             return f"the constant {mean:.4g}"
         truth = None if labels is None else np.asarray(labels, dtype=np.float64).reshape(-1)
-        if truth is not None and truth.size > 1 and float(values.std()) < NEAR_CONSTANT * float(truth.std()):
-            return (f"nearly the constant {mean:.4g} (prediction standard deviation {float(values.std()):.3g}, "
-                    f"labels' {float(truth.std()):.3g})")
+        if truth is None or truth.size < 2:
+            return None
+        spread, label_spread = float(values.std()), float(truth.std())
+        if spread < NEAR_CONSTANT * label_spread:
+            return f"nearly the constant {mean:.4g} (prediction standard deviation {spread:.3g}, labels' {label_spread:.3g})"
         return None
     if scores.ndim != 2 or scores.shape[0] < 2 or scores.shape[1] < 2:
         return None
