@@ -33,7 +33,9 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from unipetl.errors import ConfigError
 from unipetl.report import build_report
+from unipetl.runfolder import CHECKPOINT_DIR
 from unipetl.training import TrainOptions, train_task
 
 ROOT = Path(__file__).resolve().parent
@@ -82,10 +84,19 @@ def grid_options(samples: int | None, epochs: float, length: int, seed: int) -> 
 
 
 def train(task: str, method: str, seed: int) -> None:
+    """Train one run; a run that an earlier process left with a checkpoint (a session that ended mid-run)
+    continues from it, so an hour-long run loses at most an epoch."""
     samples, epochs, length, _ = TASKS[task]
+    out = run_dir(task, method, seed)
     options = grid_options(samples, epochs, length, seed)
-    train_task(task, method, None, str(GLUE), str(run_dir(task, method, seed)), options, overwrite=True,
-               log=lambda m: print(m, flush=True), sources=sources(method))
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if any((out / CHECKPOINT_DIR).glob("checkpoint-*")):
+        try:
+            return train_task(task, method, None, str(GLUE), str(out), options, resume=True, log=log,
+                              sources=sources(method))
+        except ConfigError as err:  # a staged method (no --resume), or the run's arguments changed since
+            log(f"cannot resume {out} ({err}); training it again from the start")
+    train_task(task, method, None, str(GLUE), str(out), options, overwrite=True, log=log, sources=sources(method))
 
 
 def sources(method: str) -> list[str] | None:

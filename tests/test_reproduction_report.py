@@ -16,6 +16,13 @@ MARKERS = ("<!-- reproduction table: start -->", "<!-- reproduction table: end -
 pytestmark = pytest.mark.skipif(not (REPORT / "report.md").exists(), reason="no reproduction report committed yet")
 
 
+def load_reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    return reproduce
+
+
 @pytest.mark.parametrize("report", [REPORT, REPORT / "history" / "v1"], ids=["current", "history-v1"])
 def test_the_committed_report_regenerates_byte_for_byte(report, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the report names its runs by paths relative to the repository
@@ -28,9 +35,7 @@ def test_the_committed_report_regenerates_byte_for_byte(report, tmp_path, monkey
 
 def test_the_readme_table_is_the_committed_report_with_its_coverage_line(monkeypatch):
     monkeypatch.chdir(REPO)
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
-    reproduce = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reproduce)
+    reproduce = load_reproduce()
     readme = (REPO / "README.md").read_text()
     block = readme[readme.index(MARKERS[0]) + len(MARKERS[0]):readme.index(MARKERS[1])]
     assert block == reproduce.readme_block()
@@ -55,9 +60,7 @@ def test_a_claim_that_fails_names_its_gaps_and_the_tasks_where_a_reference_predi
     """The measured reasons under a failed claim: each task's gap, and the claim again without a task on
     which the reference scored by predicting one class for every test example."""
     monkeypatch.chdir(REPO)
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
-    reproduce = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reproduce)
+    reproduce = load_reproduce()
     Run = reproduce.Run
     runs = {("sst2", "new", 42): Run(80.0, 1, None, 872), ("sst2", "old", 42): Run(80.5, 1, None, 872),
             ("wsc", "new", 42): Run(50.0, 1, None, 104), ("wsc", "new", 43): Run(54.0, 1, None, 104),
@@ -71,3 +74,27 @@ def test_a_claim_that_fails_names_its_gaps_and_the_tasks_where_a_reference_predi
         "(-2.50 points), which does not hold (tolerance 1 points).")
     runs[("wsc", "old", 42)] = Run(63.46, 1, None, 104)  # no collapse: the gaps alone
     assert len(reproduce.why_not(runs, {"sst2": [42], "wsc": [42, 43]}, "new", ("old",), 1.0)) == 1
+
+
+def test_a_grid_run_stopped_after_a_checkpoint_resumes_and_one_that_cannot_starts_again(tmp_path, monkeypatch):
+    """A session that ends mid-run leaves a checkpoint: the next `reproduce.py` continues from it; where the
+    library refuses to resume (a staged method, changed arguments) the run starts over instead of failing."""
+    from unipetl.errors import ConfigError
+
+    reproduce = load_reproduce()
+    monkeypatch.setattr(reproduce, "RUNS", tmp_path)
+    calls = []
+
+    def fake_train_task(task, method, model, data, out, options, *, resume=False, overwrite=False, log, sources):
+        calls.append((Path(out).relative_to(tmp_path).as_posix(), resume, overwrite))
+        if resume and method == "diffprune_short":
+            raise ConfigError("--resume is not available for diff pruning")
+
+    monkeypatch.setattr(reproduce, "train_task", fake_train_task)
+    reproduce.train("cb", "lora", 43)  # nothing there yet
+    (tmp_path / "cb" / "prefix" / "seed43" / "checkpoints" / "checkpoint-40").mkdir(parents=True)
+    reproduce.train("cb", "prefix", 43)
+    (tmp_path / "cb" / "diffprune_short" / "seed43" / "checkpoints" / "checkpoint-40").mkdir(parents=True)
+    reproduce.train("cb", "diffprune_short", 43)
+    assert calls == [("cb/lora/seed43", False, True), ("cb/prefix/seed43", True, False),
+                     ("cb/diffprune_short/seed43", True, False), ("cb/diffprune_short/seed43", False, True)]
