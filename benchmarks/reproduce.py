@@ -4,8 +4,9 @@
     python benchmarks/reproduce.py --report-only
 
 Each run writes benchmarks/reproduction/runs/<task>/<method>/seed<S>/results.json (committed; the
-task modules and logs beside them are not). A run whose results.json exists is skipped, so the
-command resumes an interrupted reproduction and, once every run is there, only regenerates
+task modules and logs beside them are not). A run whose results.json exists is skipped and a run
+stopped after an epoch's checkpoint continues from it, so the command resumes an interrupted
+reproduction and, once every run is there, only regenerates
 benchmarks/reproduction/report.{md,csv,json,png} with `unipetl report` and copies report.md into the
 README between its reproduction markers. The first grid (ten methods, before the pooler trained by
 default and before the sweep's learning rates) is kept as history in benchmarks/reproduction/history/v1.
