@@ -237,13 +237,15 @@ def within(mean: dict[str, float], method: str, references, tolerance: float) ->
 def why_not(runs: dict, shared: dict[str, list[int]], method: str, references, tolerance: float) -> list[str]:
     """Measured reasons under a claim that does not hold: the gap task by task (with each test split's
     size, so a gap on 100 examples reads as what it is) and, where a reference predicted one class for
-    every test example of a task, that task named and the claim checked again without it."""
+    every test example of a task, that task named and the claim checked again without it. With several
+    seeds, each seed's gap too: a gap whose sign changes from seed to seed is within the seeds' noise."""
     lines = []
     for reference in references:
         per_task = []
         for task, seeds in shared.items():
-            gap = sum(runs[task, method, s].score - runs[task, reference, s].score for s in seeds) / len(seeds)
-            per_task.append(f"{task} {gap:+.2f} ({runs[task, method, seeds[0]].test_examples:,})")
+            gaps = [runs[task, method, s].score - runs[task, reference, s].score for s in seeds]
+            spread = f"; by seed {min(gaps):+.2f} to {max(gaps):+.2f}" if len(gaps) > 1 else ""
+            per_task.append(f"{task} {sum(gaps) / len(gaps):+.2f} ({runs[task, method, seeds[0]].test_examples:,}{spread})")
         lines.append(f"  - By task, `{method}` minus `{reference}` (test examples): {', '.join(per_task)}.")
     collapsed = {}
     for task, seeds in shared.items():

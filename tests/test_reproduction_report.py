@@ -66,7 +66,7 @@ def test_a_claim_that_fails_names_its_gaps_and_the_tasks_where_a_reference_predi
             ("wsc", "new", 42): Run(50.0, 1, None, 104), ("wsc", "new", 43): Run(54.0, 1, None, 104),
             ("wsc", "old", 42): Run(63.46, 1, "class 0", 104), ("wsc", "old", 43): Run(60.0, 1, None, 104)}
     lines = reproduce.why_not(runs, {"sst2": [42], "wsc": [42, 43]}, "new", ("old",), 1.0)
-    assert lines[0] == "  - By task, `new` minus `old` (test examples): sst2 -0.50 (872), wsc -9.73 (104)."
+    assert lines[0] == "  - By task, `new` minus `old` (test examples): sst2 -0.50 (872), wsc -9.73 (104; by seed -13.46 to -6.00)."
     assert "(wsc: `old`, class 0, in 1 of 2 seeds)" in lines[1]
     assert lines[1].endswith("Without wsc: `new` 80.00 against `old` 80.50 (-0.50 points), which holds (tolerance 1 points).")
     runs[("sst2", "new", 42)] = Run(78.0, 1, None, 872)
