@@ -68,21 +68,73 @@ TASKS = ("stsb", "sst2", "cola")
 GRID_METHODS = ("mam", "mam_glue", "prefix", "parallel")
 
 
-def folder(task: str, name: str) -> Path:
-    return OUT / task / name.replace(", ", "_").replace(" ", "-")
+class Diagnosis(NamedTuple):
+    """Variants of grid cells, trained at the grid's settings, and the table that sets them beside the
+    grid's own seed-42 runs of ``grid_methods``."""
+    variants: dict[str, Variant]
+    tasks: tuple[str, ...]
+    grid_methods: tuple[str, ...]
+    out: Path
+    command: str
 
+    def folder(self, task: str, name: str) -> Path:
+        return self.out / task / name.replace(", ", "_").replace(" ", "-")
 
-def train(task: str, name: str) -> None:
-    variant = VARIANTS[name]
-    samples, epochs, length, seeds = reproduce.TASKS[task]
-    options = reproduce.grid_options(samples, epochs * variant.epochs_factor, length, seeds[0])
-    options.learning_rate = variant.learning_rate
-    options.regression_bias_at_mean = variant.regression_bias_at_mean
-    with tempfile.TemporaryDirectory() as scratch:  # the module is not kept: results.json says it all
-        result = train_task(task, variant.preset, None, str(reproduce.GLUE), scratch + "/run", options,
-                            log=lambda m: print(m, flush=True))
-    folder(task, name).mkdir(parents=True, exist_ok=True)
-    write_json_atomically(folder(task, name) / "results.json", {**result, "machine": machine_description()})
+    def train(self, task: str, name: str) -> None:
+        variant = self.variants[name]
+        samples, epochs, length, seeds = reproduce.TASKS[task]
+        options = reproduce.grid_options(samples, epochs * variant.epochs_factor, length, seeds[0])
+        options.learning_rate = variant.learning_rate
+        options.regression_bias_at_mean = variant.regression_bias_at_mean
+        with tempfile.TemporaryDirectory() as scratch:  # the module is not kept: results.json says it all
+            result = train_task(task, variant.preset, None, str(reproduce.GLUE), scratch + "/run", options,
+                                log=lambda m: print(m, flush=True))
+        self.folder(task, name).mkdir(parents=True, exist_ok=True)
+        write_json_atomically(self.folder(task, name) / "results.json", {**result, "machine": machine_description()})
+
+    def summary(self) -> str:
+        lines, machines = [], set()
+        for task in self.tasks:
+            rows = [(f"grid `{m}`", reproduce.run_dir(task, m, 42) / "results.json") for m in self.grid_methods]
+            rows += [(name, self.folder(task, name) / "results.json") for name, v in self.variants.items() if task in v.tasks]
+            for name, path in rows:
+                if not path.exists():
+                    lines.append(f"| {task} | {name} | | | | | not run yet | |")
+                    continue
+                result = json.loads(path.read_text())
+                if "machine" in result:
+                    machines.add(result["machine"])
+                lines.append(f"| {task} | {name} | {result['train_examples']:,} | {result['learning_rate']:g} | "
+                             f"{result['options']['epochs']:g} | {bias_start(result)} | {100 * result['main_score']:.2f} | "
+                             f"{history(result)} |")
+        head = [f"Command: `{self.command}`", "",
+                f"Machine of this script's runs: {'; '.join(sorted(machines)) or 'none yet'}, one thread each. The grid "
+                "rows are benchmarks/reproduce.py's committed seed-42 runs.  ",
+                "Seed 42 with benchmarks/reproduce.py's settings for each task (length 64, batch 16, ScaLearn's split "
+                "protocol). Main score x 100 on the test split (the official dev set), and on the validation split "
+                "at each epoch (recorded by runs trained since results.json has `validation_history`). Bias start: "
+                "a regression head's output bias before training (0: transformers' default; the grid's STS-B runs "
+                "trained before the label-mean default show 0).", "",
+                "| task | run | train examples | lr | epochs | bias start | test | validation by epoch |",
+                "|---|---|---:|---:|---:|---:|---:|---|"]
+        return "\n".join(head + lines) + "\n"
+
+    def main(self, doc: str) -> None:
+        parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--report-only", action="store_true", help="rewrite summary.md only")
+        args = parser.parse_args()
+        os.chdir(reproduce.ROOT.parent)
+        if not args.report_only:
+            torch.set_num_threads(1)  # beside the grid's one-thread runs on a 2-core machine
+            for task in self.tasks:  # task by task, so that an interrupted diagnosis has whole tasks
+                for name in (n for n, v in self.variants.items() if task in v.tasks):
+                    if not (self.folder(task, name) / "results.json").exists():
+                        print(f"== {task} / {name}", flush=True)
+                        self.train(task, name)
+        text = self.summary()
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "summary.md").write_text(text)
+        print(text)
 
 
 def history(result: dict) -> str:
@@ -97,51 +149,8 @@ def bias_start(result: dict) -> str:
     return "0" if start is None else f"{start:.3f}"
 
 
-def summary() -> str:
-    lines, machines = [], set()
-    for task in TASKS:
-        rows = [(f"grid `{m}`", reproduce.run_dir(task, m, 42) / "results.json") for m in GRID_METHODS]
-        rows += [(name, folder(task, name) / "results.json") for name, v in VARIANTS.items() if task in v.tasks]
-        for name, path in rows:
-            if not path.exists():
-                lines.append(f"| {task} | {name} | | | | | not run yet | |")
-                continue
-            result = json.loads(path.read_text())
-            if "machine" in result:
-                machines.add(result["machine"])
-            lines.append(f"| {task} | {name} | {result['train_examples']:,} | {result['learning_rate']:g} | "
-                         f"{result['options']['epochs']:g} | {bias_start(result)} | {100 * result['main_score']:.2f} | "
-                         f"{history(result)} |")
-    head = ["Command: `python benchmarks/diagnose_mam.py`", "",
-            f"Machine of this script's runs: {'; '.join(sorted(machines)) or 'none yet'}, one thread each. The grid "
-            "rows are benchmarks/reproduce.py's committed seed-42 runs.  ",
-            "Seed 42 with benchmarks/reproduce.py's settings for each task (length 64, batch 16, ScaLearn's split "
-            "protocol). Main score x 100 on the test split (the official dev set), and on the validation split "
-            "at each epoch (recorded by runs trained since results.json has `validation_history`). Bias start: "
-            "a regression head's output bias before training (0: transformers' default; the grid's STS-B runs "
-            "trained before the label-mean default show 0).", "",
-            "| task | run | train examples | lr | epochs | bias start | test | validation by epoch |",
-            "|---|---|---:|---:|---:|---:|---:|---|"]
-    return "\n".join(head + lines) + "\n"
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--report-only", action="store_true", help="rewrite summary.md only")
-    args = parser.parse_args()
-    os.chdir(reproduce.ROOT.parent)
-    if not args.report_only:
-        torch.set_num_threads(1)  # beside the grid's two one-thread runs on a 2-core machine
-        for name, variant in VARIANTS.items():
-            for task in variant.tasks:
-                if not (folder(task, name) / "results.json").exists():
-                    print(f"== {task} / {name}", flush=True)
-                    train(task, name)
-    text = summary()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "summary.md").write_text(text)
-    print(text)
+MAM = Diagnosis(VARIANTS, TASKS, GRID_METHODS, OUT, "python benchmarks/diagnose_mam.py")
 
 
 if __name__ == "__main__":
-    main()
+    MAM.main(__doc__)
