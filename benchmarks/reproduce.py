@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -89,15 +90,14 @@ def train(task: str, method: str, seed: int) -> None:
     continues from it, so an hour-long run loses at most an epoch."""
     samples, epochs, length, _ = TASKS[task]
     out = run_dir(task, method, seed)
-    options = grid_options(samples, epochs, length, seed)
-    log = lambda m: print(m, flush=True)  # noqa: E731
+    run = partial(train_task, task, method, None, str(GLUE), str(out), grid_options(samples, epochs, length, seed),
+                  log=lambda m: print(m, flush=True), sources=sources(method))
     if any((out / CHECKPOINT_DIR).glob("checkpoint-*")):
         try:
-            return train_task(task, method, None, str(GLUE), str(out), options, resume=True, log=log,
-                              sources=sources(method))
+            return run(resume=True)
         except ConfigError as err:  # a staged method (no --resume), or the run's arguments changed since
-            log(f"cannot resume {out} ({err}); training it again from the start")
-    train_task(task, method, None, str(GLUE), str(out), options, overwrite=True, log=log, sources=sources(method))
+            print(f"cannot resume {out} ({err}); training it again from the start", flush=True)
+    run(overwrite=True)
 
 
 def sources(method: str) -> list[str] | None:
