@@ -50,6 +50,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="a seeded subset of the validation split that picks the best epoch (not with --protocol dev_as_test)")
     parser.add_argument("--learning-rate", type=float,
                         help="default: the preset's (see `unipetl methods`); 5e-5 for xsum / wmt16, as §3.5")
+    parser.add_argument("--head-learning-rate", type=float,
+                        help="the task head's (and a trained pooler's) rate; default: --learning-rate")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=None, help="tokens per input (default 128; 64 for the default run)")
@@ -202,7 +204,8 @@ def cmd_train(args) -> int:
     default_run = args.task == DEFAULT_TASK and not args.train_file
     options = TrainOptions(
         epochs=args.epochs if args.epochs is not None else (2.0 if default_run else 3.0), max_steps=args.max_steps,
-        learning_rate=args.learning_rate, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate, head_learning_rate=args.head_learning_rate, batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
         max_length=args.max_length or (64 if default_run else 128), seed=args.seed, protocol=args.protocol,
         max_train_samples=args.max_train_samples, max_validation_samples=args.max_validation_samples,
         early_stopping_patience=args.early_stopping_patience,

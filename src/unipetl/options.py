@@ -16,6 +16,7 @@ class TrainOptions:
     epochs: float = 3.0
     max_steps: int = -1  # > 0 overrides epochs
     learning_rate: float | None = None  # None: the preset's default (presets.LEARNING_RATES)
+    head_learning_rate: float | None = None  # the task head's and a trained pooler's; None: learning_rate
     batch_size: int = 16
     eval_batch_size: int = 64
     max_length: int = 128
@@ -49,8 +50,9 @@ class TrainOptions:
         for name in ("batch_size", "eval_batch_size", "max_length"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be a positive integer")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ConfigError(f"--learning-rate={self.learning_rate} must be positive")
+        for name in ("learning_rate", "head_learning_rate"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be positive")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio={self.warmup_ratio} must be in [0, 1)")
         if self.weight_decay is not None and self.weight_decay < 0:

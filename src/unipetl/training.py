@@ -48,6 +48,7 @@ class PetlTrainer(Seq2SeqTrainer):
     task_batch_sampler = None  # multi-task: one task per batch (multitask.TaskBatchSampler)
     task_evals: list | None = None  # multi-task: (task name, eval dataset, metrics function) per task
     generation_kwargs: dict = {}  # the task's decoding settings (beam, lengths, n-gram blocking) for every evaluation
+    head_learning_rate: float | None = None  # the head's own rate (TrainOptions.head_learning_rate)
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix="test", **kwargs):
         return super().predict(test_dataset, ignore_keys, metric_key_prefix, **{**self.generation_kwargs, **kwargs})
@@ -88,7 +89,10 @@ class PetlTrainer(Seq2SeqTrainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             petl = self.accelerator.unwrap_model(self.model)
-            groups = petl.parameter_groups(self.args.learning_rate, self.args.weight_decay)
+            groups = (petl.parameter_groups(self.args.learning_rate, self.args.weight_decay)
+                      if self.head_learning_rate is None else
+                      petl.parameter_groups(self.args.learning_rate, self.args.weight_decay,
+                                            head_learning_rate=self.head_learning_rate))
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, petl)
             self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
@@ -204,6 +208,7 @@ def build_trainer(petl: PetlModel, backbone: Backbone, io: TaskIO, options: Trai
                           data_collator=io.collator(backbone), compute_metrics=io.metrics_function("validation", backbone),
                           callbacks=callbacks, preprocess_logits_for_metrics=io.logits_reducer(backbone))
     trainer.generation_kwargs = io.generation_kwargs()
+    trainer.head_learning_rate = options.head_learning_rate
     trainer.collapse_watch = None
     if io.kind in COLLAPSE_KINDS and backbone.mode != "text_to_text":  # a head of scores or values
         trainer.collapse_watch = CollapseWatch(io.kind, io.name)
@@ -392,7 +397,8 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             if trainer.is_world_process_zero():
                 log(f"{io.name}: {config.preset} on {backbone.name_or_path} | train {len(splits['train'])}, "
                     f"validation {len(splits['validation'])}, test {len(splits['test'])} | "
-                    f"trainable {report['trainable_params']:,} (+ head {report['head_params']:,}) | lr {learning_rate:g}")
+                    f"trainable {report['trainable_params']:,} (+ head {report['head_params']:,}) | lr {learning_rate:g}"
+                    + (f" (head {options.head_learning_rate:g})" if options.head_learning_rate else ""))
             train_seconds = resume_and_train(trainer, work, resume, log)
         history = validation_history(trainer)  # before the evaluations below add their own entries
         test_collapse = {}
@@ -550,6 +556,8 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     options.validate()
     if len(set(tasks)) < 2:
         raise ConfigError(f"multi-task training needs at least two different tasks, got {tasks}")
+    if options.head_learning_rate is not None:  # each task's head is its own module there, under other names
+        raise ConfigError("--head-learning-rate is for single-task training; multi-task heads train at --learning-rate")
     config = PetlConfig.from_preset(method, **(overrides or {}))
     single = [cls for cls in methods_for(config) if not cls.multitask]
     if single:

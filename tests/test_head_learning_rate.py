@@ -1,0 +1,54 @@
+"""--head-learning-rate: the task head (and a trained BERT pooler) in an optimizer group of its own rate,
+the method's parameters at --learning-rate; refused where it cannot apply."""
+
+import pytest
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+import unipetl
+from test_run_folders import data, options, train  # noqa: F401 - data is a fixture
+from test_training import run_cli, tiny_bert  # noqa: F401 - tiny_bert is a fixture
+from tiny_models import tiny_model
+from unipetl.errors import ConfigError
+from unipetl.training import train_multitask
+
+
+@pytest.mark.parametrize("preset", ["prefix", "prolora"])
+def test_the_head_is_one_group_at_its_rate_and_method_rules_keep_theirs(preset):
+    petl = unipetl.get_petl_model(tiny_model("bert"), unipetl.PetlConfig.from_preset(preset, attn_bn=4, mid_dim=8)
+                                  if preset == "prefix" else preset)
+    head = {id(p) for p in petl.head_parameters().values()}
+    assert any(".pooler." in name for name in petl.head_names)  # the pooler trains with the head here
+    plain = petl.parameter_groups(1e-3, 0.01)
+    groups = petl.parameter_groups(1e-3, 0.01, head_learning_rate=5e-2)
+    trainable = {id(p) for p in petl.parameters() if p.requires_grad}
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(trainable)  # each parameter once
+    at_head_rate = {id(p) for g in groups if g["lr"] == 5e-2 for p in g["params"]}
+    assert at_head_rate == head
+    # the rest keep the rates (and weight decay) they have without the option: mask scores their own 3e-2
+    rates = {id(p): (g["lr"], g["weight_decay"]) for g in plain for p in g["params"]}
+    assert all(rates[id(p)] == (g["lr"], g["weight_decay"]) for g in groups for p in g["params"] if id(p) not in head)
+
+
+def test_training_moves_the_head_at_its_rate_and_the_method_at_its_own(tiny_bert, data, tmp_path):
+    results = train(tiny_bert, tmp_path / "run", data, opts=options(learning_rate=1e-9, head_learning_rate=1e-2))
+    assert results["options"]["head_learning_rate"] == 1e-2
+    trained = load_file(str(tmp_path / "run" / "module" / "weights.safetensors"))
+    backbone = dict(AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).named_parameters())
+    pooler = [name for name in trained if ".pooler." in name]
+    deltas = [name for name in trained if name.startswith("methods.bitfit.")]  # BitFit's bias deltas start at 0
+    assert pooler and deltas
+    assert min((trained[n] - backbone[n.removeprefix("head.")]).abs().max() for n in pooler) > 1e-4  # ~1e-2 a step
+    assert max(trained[n].abs().max() for n in deltas) < 1e-6  # at 1e-9 a step
+
+
+def test_a_head_rate_that_is_not_positive_or_with_multitask_is_refused(tiny_bert, data, tmp_path, capsys):
+    code = run_cli("train", "--train-file", data["train_file"], "--text-columns", "review", "--label-column", "stars",
+                   "--model", tiny_bert, "--max-steps", 1, "--no-progress", "--output-dir", tmp_path / "run",
+                   "--head-learning-rate", "0")
+    assert code == 2 and "--head-learning-rate=0.0 must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="--head-learning-rate is for single-task training"):
+        train_multitask(["rte", "mrpc"], "lora", tiny_bert, None, str(tmp_path / "multi"),
+                        options(head_learning_rate=1e-3))
+    assert not (tmp_path / "multi").exists()
