@@ -48,6 +48,9 @@ class Variant(NamedTuple):
     learning_rate: float | None = None  # None: the preset's own
     epochs_factor: float = 1.0  # on the grid's epochs
     regression_bias_at_mean: bool = True
+    head_learning_rate: float | None = None  # None: the run's rate
+    overrides: tuple[tuple[str, object], ...] = ()  # design-config fields set over the preset's (--set)
+    seed: int = 42
 
 
 # In the order they train: the STS-B question first, then the budget (STS-B, the larger gaps, first).
@@ -82,13 +85,14 @@ class Diagnosis(NamedTuple):
 
     def train(self, task: str, name: str) -> None:
         variant = self.variants[name]
-        samples, epochs, length, seeds = reproduce.TASKS[task]
-        options = reproduce.grid_options(samples, epochs * variant.epochs_factor, length, seeds[0])
+        samples, epochs, length, _ = reproduce.TASKS[task]
+        options = reproduce.grid_options(samples, epochs * variant.epochs_factor, length, variant.seed)
         options.learning_rate = variant.learning_rate
         options.regression_bias_at_mean = variant.regression_bias_at_mean
+        options.head_learning_rate = variant.head_learning_rate
         with tempfile.TemporaryDirectory() as scratch:  # the module is not kept: results.json says it all
             result = train_task(task, variant.preset, None, str(reproduce.GLUE), scratch + "/run", options,
-                                log=lambda m: print(m, flush=True))
+                                dict(variant.overrides), log=lambda m: print(m, flush=True))
         self.folder(task, name).mkdir(parents=True, exist_ok=True)
         write_json_atomically(self.folder(task, name) / "results.json", {**result, "machine": machine_description()})
 
@@ -104,17 +108,18 @@ class Diagnosis(NamedTuple):
                 result = json.loads(path.read_text())
                 if "machine" in result:
                     machines.add(result["machine"])
-                lines.append(f"| {task} | {name} | {result['train_examples']:,} | {result['learning_rate']:g} | "
-                             f"{result['options']['epochs']:g} | {bias_start(result)} | {100 * result['main_score']:.2f} | "
-                             f"{history(result)} |")
+                lines.append(f"| {task} | {name} | {result['train_examples']:,} | {rates(result)} | "
+                             f"{result['options']['epochs']:g} | {bias_start(result)} | "
+                             f"{100 * result['main_score']:.2f}{one_class(result)} | {history(result)} |")
         head = [f"Command: `{self.command}`", "",
                 f"Machine of this script's runs: {'; '.join(sorted(machines)) or 'none yet'}, one thread each. The grid "
                 "rows are benchmarks/reproduce.py's committed seed-42 runs.  ",
-                "Seed 42 with benchmarks/reproduce.py's settings for each task (length 64, batch 16, ScaLearn's split "
-                "protocol). Main score x 100 on the test split (the official dev set), and on the validation split "
+                "Seed 42 (unless the run's name gives another) with benchmarks/reproduce.py's settings for each task "
+                "(length 64, batch 16, ScaLearn's split protocol). Main score x 100 on the test split (the official dev set), and on the validation split "
                 "at each epoch (recorded by runs trained since results.json has `validation_history`). Bias start: "
                 "a regression head's output bias before training (0: transformers' default; the grid's STS-B runs "
-                "trained before the label-mean default show 0).", "",
+                "trained before the label-mean default show 0). \"class 1 for all\": the run predicted that class "
+                "for every test example.", "",
                 "| task | run | train examples | lr | epochs | bias start | test | validation by epoch |",
                 "|---|---|---:|---:|---:|---:|---:|---|"]
         return "\n".join(head + lines) + "\n"
@@ -122,12 +127,14 @@ class Diagnosis(NamedTuple):
     def main(self, doc: str) -> None:
         parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("--report-only", action="store_true", help="rewrite summary.md only")
+        parser.add_argument("--variant", action="append", choices=list(self.variants),
+                            help="train only this variant (repeatable): two processes can share the list")
         args = parser.parse_args()
         os.chdir(reproduce.ROOT.parent)
         if not args.report_only:
             torch.set_num_threads(1)  # beside the grid's one-thread runs on a 2-core machine
             for task in self.tasks:  # task by task, so that an interrupted diagnosis has whole tasks
-                for name in (n for n, v in self.variants.items() if task in v.tasks):
+                for name in (n for n, v in self.variants.items() if task in v.tasks and n in (args.variant or [n])):
                     if not (self.folder(task, name) / "results.json").exists():
                         print(f"== {task} / {name}", flush=True)
                         self.train(task, name)
@@ -135,6 +142,17 @@ class Diagnosis(NamedTuple):
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "summary.md").write_text(text)
         print(text)
+
+
+def one_class(result: dict) -> str:
+    """What every test prediction was, where they were all one class (or about one value)."""
+    return f" ({result['test_collapse']} for all)" if result.get("test_collapse") else ""
+
+
+def rates(result: dict) -> str:
+    """The run's learning rate, and its head's where that differs."""
+    head = result["options"].get("head_learning_rate")
+    return f"{result['learning_rate']:g}" + (f" (head {head:g})" if head else "")
 
 
 def history(result: dict) -> str:
