@@ -8,8 +8,8 @@ frozen MiniLM's [CLS] state reaches an MCC under 10; 70 % of the sentences are c
   `mam_glue` and 1e-4 for `mam`, against 1e-3 for the adapters, so it may settle on the majority
   class before it reads anything. Each method trains here with its own rate and the head at 3e-3;
 - the untrained module may already hide the signal from the head's position: `probe_cola.py` measures
-  that, and finds it for `prefix` (200 positions) alone, so `prefix` also trains with 30 positions, at
-  its own rate and with the head at 3e-3.
+  that. `prefix` (200 positions) hides all of it, `proprefix` and `prompt_tuning` part, `mam` and
+  `mam_glue` none; so `prefix` also trains with 30 positions, at its own rate and with the head at 3e-3.
 `mam_glue` with the faster head is checked on SST-2 and STS-B too (SST-2 at two more seeds, with and
 without), since a default must not trade one task for another.
 
@@ -30,13 +30,14 @@ from diagnose_mam import Diagnosis, Variant
 
 HEAD_RATE = 3e-3
 PREFIX_FAMILY = ("prefix", "mam_glue", "prompt_tuning", "proprefix", "mam")
+# prompt_tuning's own rate is 3e-3 already: its variant repeats the grid's run
 VARIANTS = {f"{preset}, head lr {HEAD_RATE:g}": Variant(preset, ("cola",), head_learning_rate=HEAD_RATE)
             for preset in PREFIX_FAMILY}
 # the one whose collapse goes: does the faster head cost it on the tasks it already learned?
 VARIANTS[f"mam_glue, head lr {HEAD_RATE:g}"] = Variant("mam_glue", ("cola", "sst2", "stsb"),
                                                        head_learning_rate=HEAD_RATE)
-# `prefix` is the only one whose untrained module hides CoLA from the head's position (probe_cola.py):
-# its 200 positions against 30 (mam's length), at the preset's rate and with the head at 3e-3
+# the untrained `prefix` hides all of CoLA's signal from the head's position (probe_cola.py): its 200
+# positions against 30 (mam's length), at the preset's rate and with the head at 3e-3
 VARIANTS |= {f"prefix l=30{extra}": Variant("prefix", ("cola",), head_learning_rate=rate, overrides=(("attn_bn", 30),))
              for extra, rate in (("", None), (f", head lr {HEAD_RATE:g}", HEAD_RATE))}
 # SST-2's test split is 872 sentences (a point is 9 of them): two more seeds of both, with and without
