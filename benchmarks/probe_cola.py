@@ -5,7 +5,8 @@ prompt position), with each method attached but untrained (seed 42), against the
 A method whose untrained module already hides what the frozen backbone knows starts its head from
 nothing: on CoLA, where the signal is weak and 70 % of the sentences are class 1, such a head settles
 on the majority class first. Adapters and LoRA start as the identity (their up-projections are zero),
-so they match the bare backbone and are not listed.
+so they match the bare backbone and are not listed. Two more rows ask what in `prefix` does it: the
+same prefix with its keys and values zeroed, and a prefix of 30 positions.
 
     python benchmarks/probe_cola.py     # about a minute per method on one thread
 
@@ -25,10 +26,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import reproduce
 import unipetl
 from unipetl.bench import machine_description
+from unipetl.forms import PrefixGenerator
 
 COLA = reproduce.GLUE / "CoLA"
 OUT = reproduce.ROOT / "results" / "diagnose_cola" / "probe.md"
 METHODS = ("none", "prefix", "mam", "mam_glue", "prompt_tuning", "proprefix")
+# Is it what `prefix`'s 200 positions hold, or that there are 200 of them? The same prefix with its keys
+# and values zeroed (each position then adds nothing but takes its share of attention), and 30 positions.
+PREFIX_ROWS = {"prefix, keys and values zero": {}, "prefix l=30": {"attn_bn": 30}}
 TRAIN_SENTENCES = 2000
 
 
@@ -54,10 +59,20 @@ def main() -> None:
     train_x, train_y = sentences(COLA / "train.tsv", TRAIN_SENTENCES)
     test_x, test_y = sentences(COLA / "dev.tsv")
     lines = []
-    for method in METHODS:
+    for method in METHODS + tuple(PREFIX_ROWS):
         torch.manual_seed(42)
         base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-        model = (base if method == "none" else unipetl.get_petl_model(base, method)).eval()
+        if method == "none":
+            model = base.eval()
+        elif method in PREFIX_ROWS:
+            model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset("prefix", **PREFIX_ROWS[method])).eval()
+            if "zero" in method:
+                with torch.no_grad():
+                    for generator in (m for m in model.modules() if isinstance(m, PrefixGenerator)):
+                        generator.mlp_out.weight.zero_()
+                        generator.mlp_out.bias.zero_()
+        else:
+            model = unipetl.get_petl_model(base, method).eval()
         train_states, test_states = head_inputs(model, tokenizer, train_x), head_inputs(model, tokenizer, test_x)
         cells = []
         for weight in (None, "balanced"):
@@ -66,12 +81,14 @@ def main() -> None:
         spread = test_states.std(0).mean() / np.abs(test_states).mean()
         lines.append(f"| {method} | {' | '.join(cells)} | {spread:.3f} |")
         print(lines[-1], flush=True)
+    tokens = np.mean([len(ids) for ids in tokenizer(test_x)["input_ids"]])
     text = "\n".join([
         "Command: `python benchmarks/probe_cola.py`", "",
         f"Machine: {machine_description()}. Backbone: the embedded MiniLM; methods attached untrained (seed 42).  ",
         f"Probe: logistic regression on the last layer's first-position state, fit on the first {TRAIN_SENTENCES:,} "
         "CoLA training sentences, MCC x 100 on the official dev set (1,043 sentences). Spread: the mean over "
-        "features of their standard deviation across dev sentences, over the mean absolute value.", "",
+        "features of their standard deviation across dev sentences, over the mean absolute value. The dev "
+        f"sentences are {tokens:.1f} tokens long on average, [CLS] and [SEP] included.", "",
         "| method | probe MCC | probe MCC, balanced classes | spread |", "|---|---:|---:|---:|", *lines]) + "\n"
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(text)
