@@ -89,6 +89,7 @@ class PetlTrainer(Seq2SeqTrainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             petl = self.accelerator.unwrap_model(self.model)
+            # a multi-task model's groups take no head rate (train_multitask refuses one)
             groups = (petl.parameter_groups(self.args.learning_rate, self.args.weight_decay)
                       if self.head_learning_rate is None else
                       petl.parameter_groups(self.args.learning_rate, self.args.weight_decay,
