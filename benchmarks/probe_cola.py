@@ -33,7 +33,7 @@ OUT = reproduce.ROOT / "results" / "diagnose_cola" / "probe.md"
 METHODS = ("none", "prefix", "mam", "mam_glue", "prompt_tuning", "proprefix")
 # Is it what `prefix`'s 200 positions hold, or that there are 200 of them? The same prefix with its keys
 # and values zeroed (each position then adds nothing but takes its share of attention), and 30 positions.
-PREFIX_ROWS = {"prefix, keys and values zero": {}, "prefix l=30": {"attn_bn": 30}}
+PREFIX_ROWS = {"prefix, keys and values zero": ({}, True), "prefix l=30": ({"attn_bn": 30}, False)}
 TRAIN_SENTENCES = 2000
 
 
@@ -65,8 +65,9 @@ def main() -> None:
         if method == "none":
             model = base.eval()
         elif method in PREFIX_ROWS:
-            model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset("prefix", **PREFIX_ROWS[method])).eval()
-            if "zero" in method:
+            overrides, zeroed = PREFIX_ROWS[method]
+            model = unipetl.get_petl_model(base, unipetl.PetlConfig.from_preset("prefix", **overrides)).eval()
+            if zeroed:
                 with torch.no_grad():
                     for generator in (m for m in model.modules() if isinstance(m, PrefixGenerator)):
                         generator.mlp_out.weight.zero_()
