@@ -3,7 +3,7 @@
 10 to 16 and full fine-tuning 20.
 
 Two things may stand between these methods and CoLA's weak signal (a logistic-regression probe on the
-frozen MiniLM's [CLS] state reaches an MCC under 10; 70 % of the sentences are class 1):
+frozen MiniLM's [CLS] state reaches an MCC under 10; about 70 % of the sentences are class 1):
 - the task head (BERT's pooler and the classifier) trains at the method's rate, 3e-4 for `prefix` and
   `mam_glue` and 1e-4 for `mam`, against 1e-3 for the adapters, so it may settle on the majority
   class before it reads anything. Each method trains here with its own rate and the head at 3e-3;

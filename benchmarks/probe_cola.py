@@ -89,7 +89,8 @@ def main() -> None:
         f"Probe: logistic regression on the last layer's first-position state, fit on the first {TRAIN_SENTENCES:,} "
         "CoLA training sentences, MCC x 100 on the official dev set (1,043 sentences). Spread: the mean over "
         "features of their standard deviation across dev sentences, over the mean absolute value. The dev "
-        f"sentences are {tokens:.1f} tokens long on average, [CLS] and [SEP] included.", "",
+        f"sentences are {tokens:.1f} tokens long on average, [CLS] and [SEP] included; {100 * test_y.mean():.1f} % "
+        "of them are class 1 (acceptable).", "",
         "| method | probe MCC | probe MCC, balanced classes | spread |", "|---|---:|---:|---:|", *lines]) + "\n"
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(text)
