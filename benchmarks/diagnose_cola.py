@@ -12,7 +12,8 @@ frozen MiniLM's [CLS] state reaches an MCC under 10; about 70 % of the sentences
   `mam_glue` none; so `prefix` also trains with 30 positions, at its own rate and with the head at 3e-3.
 `mam_glue` with the faster head is checked on SST-2 and STS-B too (SST-2 at two more seeds, with and
 without), since a default must not trade one task for another, and with a milder head at 1e-3; `mam`,
-which keeps one class with the faster head, also trains at 3e-4 instead of its 1e-4.
+which keeps one class with the faster head, also trains at 3e-4 instead of its 1e-4, and each of its
+parts alone (its 30-position prefix, its r = 512 scaled parallel adapter) at 1e-4 with the faster head.
 
 Seed 42 unless the run's name gives another; benchmarks/reproduce.py's settings for each task; every
 epoch's validation score is recorded.
@@ -52,6 +53,11 @@ for seed in (43, 44):
     VARIANTS[f"mam_glue, head lr 0.001, seed {seed}"] = Variant("mam_glue", ("sst2",), head_learning_rate=1e-3, seed=seed)
 # `mam` keeps class 1 with the faster head: at its rate 1e-4, is it the rest of the module that is slow?
 VARIANTS[f"mam, lr 3e-4, head lr {HEAD_RATE:g}"] = Variant("mam", ("cola",), 3e-4, head_learning_rate=HEAD_RATE)
+# ... and which of its parts keeps it there: each alone, at mam's rate 1e-4 with the head at 3e-3
+VARIANTS[f"mam's prefix alone, head lr {HEAD_RATE:g}"] = Variant(
+    "mam", ("cola",), head_learning_rate=HEAD_RATE, overrides=(("ffn_mode", "none"), ("ffn_option", "none")))
+VARIANTS[f"mam's FFN adapter alone, head lr {HEAD_RATE:g}"] = Variant(
+    "mam", ("cola",), head_learning_rate=HEAD_RATE, overrides=(("attn_mode", "none"), ("attn_option", "none")))
 COLA = Diagnosis(VARIANTS, ("cola", "sst2", "stsb"), PREFIX_FAMILY + ("parallel",),
                  Path("benchmarks/results/diagnose_cola"), "python benchmarks/diagnose_cola.py")
 
