@@ -115,8 +115,8 @@ class Diagnosis(NamedTuple):
                 f"Machine of this script's runs: {'; '.join(sorted(machines)) or 'none yet'}, one thread each. The grid "
                 "rows are benchmarks/reproduce.py's committed seed-42 runs.  ",
                 "Seed 42 (unless the run's name gives another) with benchmarks/reproduce.py's settings for each task "
-                "(length 64, batch 16, ScaLearn's split protocol). Main score x 100 on the test split (the official dev set), and on the validation split "
-                "at each epoch (recorded by runs trained since results.json has `validation_history`). Bias start: "
+                "(length 64, batch 16, ScaLearn's split protocol). Main score x 100 on the test split (the official "
+                "dev set), and on the validation split at each epoch (recorded by runs trained since results.json has `validation_history`). Bias start: "
                 "a regression head's output bias before training (0: transformers' default; the grid's STS-B runs "
                 "trained before the label-mean default show 0). \"class 1 for all\": the run predicted that class "
                 "for every test example.", "",

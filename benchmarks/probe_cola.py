@@ -14,9 +14,6 @@ The probe fits on the first 2,000 sentences of CoLA's training file and is score
 official dev set, the grid's test split; `benchmarks/results/diagnose_cola/probe.md`.
 """
 
-import csv
-from pathlib import Path
-
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -27,8 +24,8 @@ import reproduce
 import unipetl
 from unipetl.bench import machine_description
 from unipetl.forms import PrefixGenerator
+from unipetl.tasks.loaders import load_split
 
-COLA = reproduce.GLUE / "CoLA"
 OUT = reproduce.ROOT / "results" / "diagnose_cola" / "probe.md"
 METHODS = ("none", "prefix", "mam", "mam_glue", "prompt_tuning", "proprefix")
 # Is it what `prefix`'s 200 positions hold, or that there are 200 of them? The same prefix with its keys
@@ -37,9 +34,9 @@ PREFIX_ROWS = {"prefix, keys and values zero": ({}, True), "prefix l=30": ({"att
 TRAIN_SENTENCES = 2000
 
 
-def sentences(path: Path, limit: int | None = None) -> tuple[list[str], np.ndarray]:
-    rows = list(csv.reader(path.open(), delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
-    return [row[3] for row in rows], np.array([int(row[1]) for row in rows])
+def sentences(split: str, limit: int | None = None) -> tuple[list[str], np.ndarray]:
+    examples = load_split("cola", split, reproduce.GLUE)[:limit]
+    return [example.texts[0] for example in examples], np.array([example.label for example in examples])
 
 
 @torch.no_grad()
@@ -56,8 +53,8 @@ def main() -> None:
     torch.set_num_threads(1)
     path = unipetl.defaults.default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    train_x, train_y = sentences(COLA / "train.tsv", TRAIN_SENTENCES)
-    test_x, test_y = sentences(COLA / "dev.tsv")
+    train_x, train_y = sentences("train", TRAIN_SENTENCES)
+    test_x, test_y = sentences("validation")
     lines = []
     for method in METHODS + tuple(PREFIX_ROWS):
         torch.manual_seed(42)
