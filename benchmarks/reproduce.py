@@ -85,13 +85,14 @@ def grid_options(samples: int | None, epochs: float, length: int, seed: int) -> 
                         protocol="scalearn", max_validation_samples=1000, progress=False)
 
 
-def train(task: str, method: str, seed: int) -> None:
-    """Train one run; a run that an earlier process left with a checkpoint (a session that ended mid-run)
-    continues from it, so an hour-long run loses at most an epoch."""
+def train(task: str, method: str, seed: int, model: str | None = None, folder=run_dir, sources_of=None) -> None:
+    """Train one run (on ``model``, the embedded MiniLM by default, into ``folder(task, method, seed)``);
+    a run that an earlier process left with a checkpoint (a session that ended mid-run) continues from
+    it, so an hour-long run loses at most an epoch."""
     samples, epochs, length, _ = TASKS[task]
-    out = run_dir(task, method, seed)
-    run = partial(train_task, task, method, None, str(GLUE), str(out), grid_options(samples, epochs, length, seed),
-                  log=lambda m: print(m, flush=True), sources=sources(method))
+    out = folder(task, method, seed)
+    run = partial(train_task, task, method, model, str(GLUE), str(out), grid_options(samples, epochs, length, seed),
+                  log=lambda m: print(m, flush=True), sources=(sources_of or sources)(method))
     if any((out / CHECKPOINT_DIR).glob("checkpoint-*")):
         try:
             return run(resume=True)
@@ -100,22 +101,22 @@ def train(task: str, method: str, seed: int) -> None:
     run(overwrite=True)
 
 
-def sources(method: str) -> list[str] | None:
+def sources(method: str, folder=run_dir, tasks=TASKS) -> list[str] | None:
     """A transfer method's source adapters: the seed-42 `pfeiffer` module of every task."""
-    return [str(run_dir(t, "pfeiffer", 42) / "module") for t in TASKS] if method in TRANSFER else None
+    return [str(folder(t, "pfeiffer", 42) / "module") for t in tasks] if method in TRANSFER else None
 
 
-def ready(method: str) -> bool:
+def ready(method: str, folder=run_dir, tasks=TASKS) -> bool:
     """Whether a run can start: a transfer run waits for every source adapter to be trained."""
-    return all((Path(s).parent / "results.json").exists() and Path(s).is_dir() for s in sources(method) or [])
+    return all((Path(s).parent / "results.json").exists() and Path(s).is_dir() for s in sources(method, folder, tasks) or [])
 
 
-def missing(runs: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+def missing(runs: list[tuple[str, str, int]], folder=run_dir, tasks=TASKS) -> list[tuple[str, str, int]]:
     """The runs without results, plus any source adapter that a missing transfer run needs and that
     this checkout lacks (results.json is committed, modules are not): it is trained again, same seed."""
-    todo = [r for r in runs if not (run_dir(*r) / "results.json").exists()]
-    retrain = [(t, "pfeiffer", 42) for t in TASKS if any(m in TRANSFER for _, m, _ in todo)
-               and not (run_dir(t, "pfeiffer", 42) / "module").is_dir()]
+    todo = [r for r in runs if not (folder(*r) / "results.json").exists()]
+    retrain = [(t, "pfeiffer", 42) for t in tasks if any(m in TRANSFER for _, m, _ in todo)
+               and not (folder(t, "pfeiffer", 42) / "module").is_dir()]
     return list(dict.fromkeys(retrain + todo))
 
 
@@ -151,18 +152,18 @@ def run_all(todo: list[tuple[str, str, int]], jobs: int, ready=lambda run: ready
     return failed
 
 
-def coverage() -> str:
-    """One line saying how much of the planned grid the committed results cover."""
-    planned = plan(list(TASKS), list(METHODS))
-    done = {r for r in planned if (run_dir(*r) / "results.json").exists()}
+def coverage(planned=None, folder=run_dir, tasks=TASKS) -> str:
+    """One line saying how much of the planned grid (this grid's by default) the committed results cover."""
+    planned = plan(list(TASKS), list(METHODS)) if planned is None else planned
+    done = {r for r in planned if (folder(*r) / "results.json").exists()}
     line = f"Runs done: {len(done)} of {len(planned)} planned."
     missing = {}
     for task, method, seed in planned:
         if (task, method, seed) not in done:
-            missing.setdefault(method, []).append(task if len(TASKS[task][3]) == 1 else f"{task} seed {seed}")
+            missing.setdefault(method, []).append(task if len(tasks[task][3]) == 1 else f"{task} seed {seed}")
     if missing:
         line += " Not yet run: " + "; ".join(
-            f"{m} (all)" if len(v) == sum(len(t[3]) for t in TASKS.values()) else f"{m} ({', '.join(v)})"
+            f"{m} (all)" if len(v) == sum(len(t[3]) for t in tasks.values()) else f"{m} ({', '.join(v)})"
             for m, v in missing.items()) + "."
     return line + "\n"
 
@@ -181,12 +182,13 @@ CLAIMS = (
 )
 
 
-def claims() -> str:
+def claims(report_dir: Path = REPORT, tasks: dict = TASKS) -> str:
     """Each paper claim checked on the runs (task, seed) that the method and its references all have:
     the mean over tasks of the main score x 100 (averaged over those seeds) and of the bytes per task with
     shared parts amortised (a ScaLearn task's share of its source adapters counts; see the report's footnote).
-    A claim that does not hold gets the measured reasons under it (see `why_not`)."""
-    report = json.loads((REPORT / "report.json").read_text())
+    A claim that does not hold gets the measured reasons under it (see `why_not`). A claim whose tasks
+    are not among ``tasks`` is checked on those it has."""
+    report = json.loads((report_dir / "report.json").read_text())
     amortised = {(cell["task"], cell["method"]): cell["bytes_amortised_mean"] for cell in report["cells"]}
     runs = {}
     for path in report["runs"]:
@@ -197,10 +199,10 @@ def claims() -> str:
     lines = ["Against the papers' claims (each line over the runs, task and seed, that every method in it "
              "has: the mean over tasks of the seeds' mean score x 100; a claim holds when the method is at "
              "most the tolerance below each reference):", ""]
-    for claim, method, references, tasks, tolerance in CLAIMS:
+    for claim, method, references, claim_tasks, tolerance in CLAIMS:
         group = (method, *references)
-        shared = {task: seeds for task in tasks or TASKS
-                  if (seeds := [s for s in TASKS[task][3] if all((task, m, s) in runs for m in group)])}
+        shared = {task: seeds for task in claim_tasks or tasks if task in tasks
+                  if (seeds := [s for s in tasks[task][3] if all((task, m, s) in runs for m in group)])}
         if not shared:
             lines.append(f"- {claim}: not measured yet (no run shared by {', '.join(group)}).")
             continue
@@ -269,9 +271,9 @@ def why_not(runs: dict, shared: dict[str, list[int]], method: str, references, t
     return lines
 
 
-def collapses() -> str:
+def collapses(report_dir: Path = REPORT) -> str:
     """The report's runs whose test predictions were all one class (or one value), by task and method."""
-    report = json.loads((REPORT / "report.json").read_text())
+    report = json.loads((report_dir / "report.json").read_text())
     found, unrecorded = {}, []
     for path in report["runs"]:
         result = json.loads(Path(path).read_text())

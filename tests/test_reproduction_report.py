@@ -11,6 +11,7 @@ from unipetl.report import build_report
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "benchmarks" / "reproduction"
+MPNET_REPORT = REPO / "benchmarks" / "reproduction_mpnet"
 MARKERS = ("<!-- reproduction table: start -->", "<!-- reproduction table: end -->")
 
 pytestmark = pytest.mark.skipif(not (REPORT / "report.md").exists(), reason="no reproduction report committed yet")
@@ -23,8 +24,10 @@ def load_reproduce():
     return reproduce
 
 
-@pytest.mark.parametrize("report", [REPORT, REPORT / "history" / "v1"], ids=["current", "history-v1"])
+@pytest.mark.parametrize("report", [REPORT, REPORT / "history" / "v1", MPNET_REPORT], ids=["current", "history-v1", "mpnet"])
 def test_the_committed_report_regenerates_byte_for_byte(report, tmp_path, monkeypatch):
+    if not (report / "report.md").exists():
+        pytest.skip(f"no report committed in {report.relative_to(REPO)}")
     monkeypatch.chdir(REPO)  # the report names its runs by paths relative to the repository
     build_report([(report / "runs").relative_to(REPO)], tmp_path, warn=lambda m: None)
     for name in ("report.md", "report.csv", "report.json"):
@@ -40,6 +43,20 @@ def test_the_readme_table_is_the_committed_report_with_its_coverage_line(monkeyp
     block = readme[readme.index(MARKERS[0]) + len(MARKERS[0]):readme.index(MARKERS[1])]
     assert block == reproduce.readme_block()
     assert (REPORT / "report.md").read_text() in block
+
+
+@pytest.mark.skipif(not (MPNET_REPORT / "report.md").exists(), reason="no MPNet reproduction committed yet")
+def test_the_readme_mpnet_block_is_its_committed_report_with_coverage_and_claims(monkeypatch):
+    """benchmarks/reproduce_mpnet.py copies its report, claims and one-class line into the README."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("reproduce_mpnet", REPO / "benchmarks" / "reproduce_mpnet.py")
+    mpnet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mpnet)
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index(mpnet.MARKERS[0]) + len(mpnet.MARKERS[0]):readme.index(mpnet.MARKERS[1])]
+    assert block == mpnet.readme_block()
+    assert (MPNET_REPORT / "report.md").read_text() in block and "Runs done: " in block
 
 
 def test_the_readme_scalearn_large_sources_table_is_its_committed_summary(monkeypatch):
