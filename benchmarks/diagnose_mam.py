@@ -79,11 +79,12 @@ class Diagnosis(NamedTuple):
     grid_methods: tuple[str, ...]
     out: Path
     command: str
+    model_name: str | None = None  # a backbone given with --model at run time; None: the embedded MiniLM
 
     def folder(self, task: str, name: str) -> Path:
         return self.out / task / name.replace(", ", "_").replace(" ", "-")
 
-    def train(self, task: str, name: str) -> None:
+    def train(self, task: str, name: str, model: str | None = None) -> None:
         variant = self.variants[name]
         samples, epochs, length, _ = reproduce.TASKS[task]
         options = reproduce.grid_options(samples, epochs * variant.epochs_factor, length, variant.seed)
@@ -91,7 +92,7 @@ class Diagnosis(NamedTuple):
         options.regression_bias_at_mean = variant.regression_bias_at_mean
         options.head_learning_rate = variant.head_learning_rate
         with tempfile.TemporaryDirectory() as scratch:  # the module is not kept: results.json says it all
-            result = train_task(task, variant.preset, None, str(reproduce.GLUE), scratch + "/run", options,
+            result = train_task(task, variant.preset, model, str(reproduce.GLUE), scratch + "/run", options,
                                 dict(variant.overrides), log=lambda m: print(m, flush=True))
         self.folder(task, name).mkdir(parents=True, exist_ok=True)
         write_json_atomically(self.folder(task, name) / "results.json", {**result, "machine": machine_description()})
@@ -112,8 +113,9 @@ class Diagnosis(NamedTuple):
                              f"{result['options']['epochs']:g} | {bias_start(result)} | "
                              f"{100 * result['main_score']:.2f}{one_class(result)} | {history(result)} |")
         head = [f"Command: `{self.command}`", "",
-                f"Machine of this script's runs: {'; '.join(sorted(machines)) or 'none yet'}, one thread each. The grid "
-                "rows are benchmarks/reproduce.py's committed seed-42 runs.  ",
+                f"Machine of this script's runs: {'; '.join(sorted(machines)) or 'none yet'}, one thread each. "
+                f"Backbone: {self.model_name or 'the embedded MiniLM'}. The grid rows are benchmarks/reproduce.py's "
+                "committed seed-42 runs.  ",
                 "Seed 42 (unless the run's name gives another) with benchmarks/reproduce.py's settings for each task "
                 "(length 64, batch 16, ScaLearn's split protocol). Main score x 100 on the test split (the official "
                 "dev set), and on the validation split at each epoch (recorded by runs trained since results.json has `validation_history`). Bias start: "
@@ -129,15 +131,22 @@ class Diagnosis(NamedTuple):
         parser.add_argument("--report-only", action="store_true", help="rewrite summary.md only")
         parser.add_argument("--variant", action="append", choices=list(self.variants),
                             help="train only this variant (repeatable): two processes can share the list")
+        if self.model_name:
+            parser.add_argument("--model", help=f"the {self.model_name} folder (needed to train)")
         args = parser.parse_args()
+        model = getattr(args, "model", None)
+        if model:
+            model = str(Path(model).resolve())  # before the chdir below
         os.chdir(reproduce.ROOT.parent)
         if not args.report_only:
+            if self.model_name and not (model and (Path(model) / "config.json").is_file()):
+                parser.error(f"--model must be the {self.model_name} folder (with config.json); got {model!r}")
             torch.set_num_threads(1)  # beside the grid's one-thread runs on a 2-core machine
             for task in self.tasks:  # task by task, so that an interrupted diagnosis has whole tasks
                 for name in (n for n, v in self.variants.items() if task in v.tasks and n in (args.variant or [n])):
                     if not (self.folder(task, name) / "results.json").exists():
                         print(f"== {task} / {name}", flush=True)
-                        self.train(task, name)
+                        self.train(task, name, model)
         text = self.summary()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "summary.md").write_text(text)
