@@ -114,8 +114,8 @@ class Diagnosis(NamedTuple):
                              f"{100 * result['main_score']:.2f}{one_class(result)} | {history(result)} |")
         head = [f"Command: `{self.command}`", "",
                 f"Machine of this script's runs: {'; '.join(sorted(machines)) or 'none yet'}, one thread each. "
-                f"Backbone: {self.model_name or 'the embedded MiniLM'}. The grid rows are benchmarks/reproduce.py's "
-                "committed seed-42 runs.  ",
+                f"Backbone: {self.model_name or 'the embedded MiniLM'}."
+                + (" The grid rows are benchmarks/reproduce.py's committed seed-42 runs." if self.grid_methods else "") + "  ",
                 "Seed 42 (unless the run's name gives another) with benchmarks/reproduce.py's settings for each task "
                 "(length 64, batch 16, ScaLearn's split protocol). Main score x 100 on the test split (the official "
                 "dev set), and on the validation split at each epoch (recorded by runs trained since results.json has `validation_history`). Bias start: "
