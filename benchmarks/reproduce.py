@@ -293,29 +293,41 @@ def readme_block() -> str:
     return "\n" + coverage() + "\n" + (REPORT / "report.md").read_text() + "\n" + claims() + "\n" + collapses()
 
 
-def update_readme() -> None:
+def replace_readme_block(markers: tuple[str, str], block: str) -> None:
+    """Put ``block`` into the README between the two markers, in place of what was there."""
     text = README.read_text()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    README.write_text(text[:start] + readme_block() + text[end:])
+    start, end = text.index(markers[0]) + len(markers[0]), text.index(markers[1])
+    README.write_text(text[:start] + block + text[end:])
+
+
+def grid_parser(doc: str, report_only_help: str) -> argparse.ArgumentParser:
+    """The arguments every grid script takes: --jobs, --report-only and the hidden one-run --one."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, one thread each (default 1)")
+    parser.add_argument("--report-only", action="store_true", help=report_only_help)
+    parser.add_argument("--one", nargs=3, metavar=("TASK", "METHOD", "SEED"), help=argparse.SUPPRESS)
+    return parser
+
+
+def exit_if_failed(failed: list[tuple[str, str, int]]) -> None:
+    """The report covers the runs that finished; say which did not, and exit non-zero."""
+    if failed:
+        sys.exit(f"{len(failed)} runs failed: {', '.join('/'.join(map(str, r)) for r in failed)} (see their logs)")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = grid_parser(__doc__, "regenerate the table, plot and README only")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, one thread each (default 1)")
-    parser.add_argument("--report-only", action="store_true", help="regenerate the table, plot and README only")
-    parser.add_argument("--one", nargs=3, metavar=("TASK", "METHOD", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.chdir(ROOT.parent)  # the paths above are relative to the repository root
     if args.one:
         return train(args.one[0], args.one[1], int(args.one[2]))
     failed = [] if args.report_only else run_all(missing(plan(args.tasks, args.methods)), max(1, args.jobs))
     build_report([RUNS], REPORT, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-    update_readme()
+    replace_readme_block(MARKERS, readme_block())
     print(readme_block())
-    if failed:  # the report covers the runs that finished; say which did not, and exit non-zero
-        sys.exit(f"{len(failed)} runs failed: {', '.join('/'.join(map(str, r)) for r in failed)} (see their logs)")
+    exit_if_failed(failed)
 
 
 if __name__ == "__main__":

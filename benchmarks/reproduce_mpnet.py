@@ -22,7 +22,6 @@ STS-B 30 to 60). The table, plot and claims go to benchmarks/reproduction_mpnet/
 between its markers.
 """
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -64,35 +63,26 @@ def readme_block() -> str:
             + reproduce.claims(REPORT, TASKS) + "\n" + reproduce.collapses(REPORT))
 
 
-def update_readme() -> None:
-    text = reproduce.README.read_text()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    reproduce.README.write_text(text[:start] + readme_block() + text[end:])
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = reproduce.grid_parser(__doc__, "regenerate the table, plot and README only")
     parser.add_argument("--model", help="the all-mpnet-base-v2 folder (needed to train)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, one thread each (default 1)")
-    parser.add_argument("--report-only", action="store_true", help="regenerate the table, plot and README only")
-    parser.add_argument("--one", nargs=3, metavar=("TASK", "METHOD", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    model = Path(args.model).resolve() if args.model else None  # before the chdir: a relative folder is the caller's
     os.chdir(reproduce.ROOT.parent)
     if args.one:
         return train(args.one[0], args.one[1], int(args.one[2]))
     failed = []
     if not args.report_only:
-        if not args.model or not (Path(args.model) / "config.json").is_file():
+        if not (model and (model / "config.json").is_file()):
             parser.error(f"--model must be the all-mpnet-base-v2 folder (with config.json); got {args.model!r}")
-        os.environ[MODEL_VARIABLE] = str(Path(args.model).resolve())
+        os.environ[MODEL_VARIABLE] = str(model)
         failed = reproduce.run_all(reproduce.missing(plan(), run_dir, TASKS), max(1, args.jobs),
                                    ready=lambda run: reproduce.ready(run[1], run_dir, TASKS), folder=run_dir,
                                    script=__file__)
     build_report([RUNS], REPORT, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-    update_readme()
+    reproduce.replace_readme_block(MARKERS, readme_block())
     print(readme_block())
-    if failed:
-        sys.exit(f"{len(failed)} runs failed: {', '.join('/'.join(map(str, r)) for r in failed)} (see their logs)")
+    reproduce.exit_if_failed(failed)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,10 @@ skipped. The table goes to benchmarks/results/scalearn_large_sources/summary.md 
 between its markers.
 """
 
-import argparse
 import csv
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
 
 import reproduce
@@ -142,11 +140,7 @@ def summary() -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, one thread each (default 1)")
-    parser.add_argument("--report-only", action="store_true", help="rewrite summary.md only")
-    parser.add_argument("--one", nargs=3, metavar=("TASK", "METHOD", "SEED"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = reproduce.grid_parser(__doc__, "rewrite summary.md only").parse_args()
     os.chdir(reproduce.ROOT.parent)
     if args.one:
         return train(args.one[0], args.one[1], int(args.one[2]))
@@ -162,12 +156,9 @@ def main():
         failed = reproduce.run_all(list(dict.fromkeys(todo)), max(1, args.jobs), ready, run_dir, __file__, waiting)
     text = summary()
     (OUT / "summary.md").write_text(text)
-    readme = reproduce.README.read_text()
-    start, end = readme.index(MARKERS[0]) + len(MARKERS[0]), readme.index(MARKERS[1])
-    reproduce.README.write_text(readme[:start] + "\n" + text + readme[end:])
+    reproduce.replace_readme_block(MARKERS, "\n" + text)
     print(text)
-    if failed:
-        sys.exit(f"{len(failed)} runs failed: {', '.join('/'.join(map(str, r)) for r in failed)} (see their logs)")
+    reproduce.exit_if_failed(failed)
 
 
 if __name__ == "__main__":

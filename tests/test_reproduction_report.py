@@ -24,10 +24,11 @@ def load_reproduce():
     return reproduce
 
 
-@pytest.mark.parametrize("report", [REPORT, REPORT / "history" / "v1", MPNET_REPORT], ids=["current", "history-v1", "mpnet"])
+@pytest.mark.parametrize("report", [
+    pytest.param(REPORT, id="current"), pytest.param(REPORT / "history" / "v1", id="history-v1"),
+    pytest.param(MPNET_REPORT, id="mpnet", marks=pytest.mark.skipif(
+        not (MPNET_REPORT / "report.md").exists(), reason="no MPNet reproduction report committed yet"))])
 def test_the_committed_report_regenerates_byte_for_byte(report, tmp_path, monkeypatch):
-    if not (report / "report.md").exists():
-        pytest.skip(f"no report committed in {report.relative_to(REPO)}")
     monkeypatch.chdir(REPO)  # the report names its runs by paths relative to the repository
     build_report([(report / "runs").relative_to(REPO)], tmp_path, warn=lambda m: None)
     for name in ("report.md", "report.csv", "report.json"):
