@@ -35,6 +35,7 @@ def test_the_watch_warns_at_the_second_collapsed_evaluation_in_a_row():
     watch.observe(one_class)
     assert watch.record["predicted"] == "class 1" and watch.record["evaluation"] == 4
     assert len(messages) == 1 and "collapsed" in messages[0] and "train_pooler" in messages[0]
+    assert "--head-learning-rate" in messages[0] and "attn_bn=30" in messages[0]  # the levers CoLA's diagnosis found
     regression = CollapseWatch("regression", "stsb", log=messages.append)
     for _ in range(2):  # the Trainer's label_ids reach the check
         regression.wrap(lambda p: {})(EvalPrediction(np.array([[2.5], [2.51], [2.49]]), np.array([0.0, 2.0, 5.0])))

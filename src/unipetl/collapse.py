@@ -1,7 +1,7 @@
 """Noticing a collapsed model: validation predictions that are all one class (or one value).
 
-A frozen BERT pooler, a learning rate far off for the method, or prefix and prompt tuning on a short
-budget can leave a classifier predicting the majority class: the run ends with exit status 0 and a
+A frozen BERT pooler, a learning rate far off for the method, prefix and prompt tuning on a short
+budget, or a task head that trains too slowly can leave a classifier predicting the majority class: the run ends with exit status 0 and a
 useless module; a regression head can do the same with about one value for every input. Two
 evaluations in a row with one predicted class (a constant or nearly one, for regression) give a
 warning with the likely causes, and results.json records it under "collapse".
@@ -14,9 +14,13 @@ import sys
 import numpy as np
 
 KINDS = ("classification", "regression", "multiple_choice")  # a head whose outputs are scores or a value
+# The last two were measured on CoLA (benchmarks/diagnose_cola.py): at the prefix family's slow rates the
+# head stays at the majority class, and 200 prefix positions hide a short sentence from [CLS].
 LIKELY_CAUSES = ("a frozen pooler under a BERT-family classifier (--set train_pooler=false), a learning rate "
                  "too high or too low for the method (--learning-rate), too short a budget for prefix or prompt "
-                 "tuning (more --epochs), or, for regression, a head whose bias started at 0 (--zero-regression-bias)")
+                 "tuning (more --epochs), for regression a head whose bias started at 0 (--zero-regression-bias), "
+                 "a head too slow to leave the majority class (--head-learning-rate, e.g. 3e-3 for prefix "
+                 "methods), or a prefix much longer than the inputs (--set attn_bn=30)")
 
 
 # A regression model whose predictions spread less than this fraction of the labels' standard deviation
