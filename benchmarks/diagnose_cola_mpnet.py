@@ -24,6 +24,9 @@ VARIANTS["prefix l=30"] = Variant("prefix", ("cola",), overrides=(("attn_bn", 30
 # On MiniLM the head at 3e-3 ended `mam_glue`'s and the 30-position prefix's one class, not the
 # 200-position one's (diagnose_cola.py): on a backbone where CoLA's signal is strong, is the head enough?
 VARIANTS["prefix, head lr 0.003"] = Variant("prefix", ("cola",), head_learning_rate=3e-3)
+# both, the candidate default of benchmarks/sweep_head_rate.py: does it learn CoLA here too?
+VARIANTS["prefix l=30, head lr 0.003"] = Variant("prefix", ("cola",), head_learning_rate=3e-3,
+                                                 overrides=(("attn_bn", 30),))
 VARIANTS |= {method: Variant(method, ("cola",)) for method in ("mam_glue", "proprefix")}
 COLA_MPNET = Diagnosis(VARIANTS, ("cola",), (), Path("benchmarks/results/diagnose_cola_mpnet"),
                        "python benchmarks/diagnose_cola_mpnet.py --model FOLDER", "MPNet-base (all-mpnet-base-v2)")

@@ -100,7 +100,7 @@ class Diagnosis(NamedTuple):
     def summary(self) -> str:
         lines, machines = [], set()
         for task in self.tasks:
-            rows = [(f"grid `{m}`", reproduce.run_dir(task, m, 42) / "results.json") for m in self.grid_methods]
+            rows = [grid_row(task, m) for m in self.grid_methods]
             rows += [(name, self.folder(task, name) / "results.json") for name, v in self.variants.items() if task in v.tasks]
             for name, path in rows:
                 if not path.exists():
@@ -151,6 +151,15 @@ class Diagnosis(NamedTuple):
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "summary.md").write_text(text)
         print(text)
+
+
+def grid_row(task: str, method: str) -> tuple[str, Path]:
+    """The grid's seed-42 cell of ``method`` as the diagnoses compared with it: where the preset's default
+    changed since, its cell from before (benchmarks/sweep_head_rate.py keeps them), else the grid's own."""
+    before = Path("benchmarks/results/sweep_head_rate/runs") / f"{method}_grid_before" / task / "seed42" / "results.json"
+    if before.exists():
+        return f"grid `{method}` (before its head rate changed)", before
+    return f"grid `{method}`", reproduce.run_dir(task, method, 42) / "results.json"
 
 
 def one_class(result: dict) -> str:

@@ -3,13 +3,14 @@ the method's parameters at --learning-rate; refused where it cannot apply."""
 
 import pytest
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, TrainerCallback
 
 import unipetl
 from test_run_folders import data, options, train  # noqa: F401 - data is a fixture
 from test_training import run_cli, tiny_bert  # noqa: F401 - tiny_bert is a fixture
 from tiny_models import tiny_model
 from unipetl.errors import ConfigError
+from unipetl.presets import default_head_learning_rate
 from unipetl.training import train_multitask
 
 
@@ -52,3 +53,37 @@ def test_a_head_rate_that_is_not_positive_or_with_multitask_is_refused(tiny_bert
         train_multitask(["rte", "mrpc"], "lora", tiny_bert, None, str(tmp_path / "multi"),
                         options(head_learning_rate=1e-3))
     assert not (tmp_path / "multi").exists()
+
+
+class GroupRates(TrainerCallback):
+    """Records each optimizer group's rate (its first step's, before the schedule moves it) and size."""
+
+    def __init__(self):
+        self.groups = None
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if self.groups is None:
+            self.groups = [(g["initial_lr"], sum(p.numel() for p in g["params"])) for g in optimizer.param_groups]
+
+
+@pytest.mark.parametrize("head_rate, expected", [(None, 3e-3), (5e-4, 5e-4)])
+def test_a_presets_head_rate_is_the_default_and_the_option_overrides_it(tiny_bert, data, tmp_path, head_rate, expected):
+    """`mam_glue` and `prefix_glue` set their heads at 3e-3 (benchmarks/sweep_head_rate.py);
+    --head-learning-rate wins over it."""
+    assert default_head_learning_rate("mam_glue") == default_head_learning_rate("prefix_glue") == 3e-3
+    assert default_head_learning_rate("lora") is None and default_head_learning_rate("prefix") is None
+    rates = GroupRates()
+    results = train(tiny_bert, tmp_path / "run", data, method="mam_glue", callbacks=[rates],
+                    opts=options(max_steps=1, learning_rate=1e-4, head_learning_rate=head_rate))
+    assert results["options"]["head_learning_rate"] == expected  # recorded as it trained
+    head_size = results["head_params"]
+    assert sum(n for rate, n in rates.groups if rate == expected) == head_size  # the head (pooler included) alone
+    assert {rate for rate, _ in rates.groups} == {1e-4, expected}
+
+
+def test_a_preset_without_a_head_rate_trains_its_head_at_the_methods_rate(tiny_bert, data, tmp_path):
+    rates = GroupRates()
+    results = train(tiny_bert, tmp_path / "run", data, method="lora", callbacks=[rates],
+                    opts=options(max_steps=1, learning_rate=1e-4))
+    assert results["options"]["head_learning_rate"] is None
+    assert {rate for rate, _ in rates.groups} == {1e-4}

@@ -11,7 +11,7 @@ from tiny_models import FAMILIES, FFN, HIDDEN, LAYERS, tiny_model
 from unipetl import PetlConfig
 
 d, f, L = HIDDEN, FFN, LAYERS
-SMALL = {"prefix": dict(attn_bn=5, mid_dim=12), "prompt_tuning": dict(attn_bn=5), "mam": dict(attn_bn=4, ffn_bn=16, mid_dim=12),
+SMALL = {"prefix": dict(attn_bn=5, mid_dim=12), "prefix_glue": dict(attn_bn=5, mid_dim=12), "prompt_tuning": dict(attn_bn=5), "mam": dict(attn_bn=4, ffn_bn=16, mid_dim=12),
          "mam_glue": dict(mid_dim=12), "proprefix": dict(attn_bn=5, mid_dim=12)}
 
 
@@ -43,7 +43,7 @@ def expected(preset, family, model):
         return n_ffn * adapter(d // 2)
     if preset == "lora":
         return n_attn * 4 * cfg.attn_bn * d  # q and v: r(d + d) each
-    if preset == "prefix":
+    if preset in ("prefix", "prefix_glue"):
         return prefix_training(cfg.attn_bn, cfg.mid_dim, family)
     if preset == "prompt_tuning":
         return cfg.attn_bn * d

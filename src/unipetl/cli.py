@@ -51,7 +51,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float,
                         help="default: the preset's (see `unipetl methods`); 5e-5 for xsum / wmt16, as §3.5")
     parser.add_argument("--head-learning-rate", type=float,
-                        help="the task head's (and a trained pooler's) rate; default: --learning-rate")
+                        help="the task head's (and a trained pooler's) rate; default: the preset's head rate "
+                             "where it sets one (`unipetl methods`), else --learning-rate")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=None, help="tokens per input (default 128; 64 for the default run)")
@@ -483,12 +484,16 @@ def cmd_methods(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'preset':<16}{'trainable params':>18}{'% of backbone':>15}{'stored bytes':>15}{'learning rate':>15}  summary")
+    print(f"{'preset':<16}{'trainable params':>18}{'% of backbone':>15}{'stored bytes':>15}{'learning rate':>15}"
+          f"{'head rate':>11}  summary")
     for r in rows:
+        head = "-" if r["head_learning_rate"] is None else f"{r['head_learning_rate']:g}"
         print(f"{r['preset']:<16}{r['trainable_params']:>18,}{r['trainable_percent']:>14.3f}%{r['stored_bytes']:>15,}"
-              f"{r['learning_rate']:>15g}  {r['summary']}")
+              f"{r['learning_rate']:>15g}{head:>11}  {r['summary']}")
     print("\nlearning rate: the default of `unipetl train --learning-rate`; diffprune's is its L0 stage's diff rate "
-          "(gates and the fixed-mask stage have their own: gate_learning_rate, fixmask_learning_rate)")
+          "(gates and the fixed-mask stage have their own: gate_learning_rate, fixmask_learning_rate)\n"
+          "head rate: the default of --head-learning-rate for the task head and a trained pooler (-: the learning "
+          "rate); multi-task runs train every head at the learning rate")
     return 0
 
 

@@ -20,7 +20,7 @@ LIKELY_CAUSES = ("a frozen pooler under a BERT-family classifier (--set train_po
                  "too high or too low for the method (--learning-rate), too short a budget for prefix or prompt "
                  "tuning (more --epochs), for regression a head whose bias started at 0 (--zero-regression-bias), "
                  "a head too slow to leave the majority class (--head-learning-rate, e.g. 3e-3 for prefix "
-                 "methods), or a prefix much longer than the inputs (--set attn_bn=30)")
+                 "methods), or a prefix much longer than the inputs (--method prefix_glue, or --set attn_bn=30)")
 
 
 # A regression model whose predictions spread less than this fraction of the labels' standard deviation

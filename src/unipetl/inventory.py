@@ -7,7 +7,7 @@ import copy
 from .backbone import load_backbone
 from .config import PetlConfig
 from .model import get_petl_model
-from .presets import PRESETS, default_learning_rate, list_presets
+from .presets import PRESETS, default_head_learning_rate, default_learning_rate, list_presets
 from .tasks import get_task
 
 
@@ -25,6 +25,7 @@ def methods_table(model: str | None = None, task: str = "sst2") -> list[dict]:
             petl.project()
             report["stored_bytes"] = petl.report()["stored_bytes"]
         rows.append({"preset": name, "summary": PRESETS[name]["summary"], "learning_rate": default_learning_rate(name),
+                     "head_learning_rate": default_head_learning_rate(name),
                      **{k: report[k] for k in ("trainable_params", "head_params", "backbone_params", "trainable_percent",
                                                "stored_bytes")}})
     return rows

@@ -31,7 +31,7 @@ from .heads import regression_output
 from .atomic import write_json_atomically
 from .model import PetlModel, get_petl_model
 from .options import TrainOptions
-from .presets import default_learning_rate
+from .presets import default_head_learning_rate, default_learning_rate
 from .registry import methods_for
 from .sites import max_positions
 from .runfolder import (CHECKPOINT_DIR, ELAPSED_FILE, MODULE_DIR, RESULTS_FILE, RunFolder, check_output_dir,
@@ -377,6 +377,8 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     else:
         petl = get_petl_model(backbone.model, config, fast_cpu_dropout=options.fast_cpu_dropout)
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
+    if options.head_learning_rate is None:  # the preset's own head rate, where it sets one (results.json records it)
+        options = replace(options, head_learning_rate=default_head_learning_rate(config.preset))
     bias_start = (start_at_label_mean(backbone.model, splits["train"])
                   if options.regression_bias_at_mean and io.kind == "regression" else None)
     check_max_length(backbone.model, options.max_length, io,
