@@ -3,8 +3,9 @@
 MCC 11.37 (benchmarks/reproduce.py). Here they and `pfeiffer` train on MPNet-base (`all-mpnet-base-v2`,
 12 layers, 768 wide; its head is RoBERTa's, a dense layer and tanh under the classifier) with the
 grid's CoLA settings (all 7,695 training sentences, 2 epochs, length 64, seed 42) at each preset's
-rate, and `prefix` also with 30 positions instead of 200 and with its head at 3e-3. The table lists
-the runs in the order they train and says which have not run yet.
+rate (`mam_glue`'s head at its preset's 3e-3), and `prefix` also with 30 positions instead of 200, with
+its head at 3e-3, and with both (`prefix_glue`'s setting). The table lists the runs in the order they
+train and says which have not run yet.
 
     python benchmarks/diagnose_cola_mpnet.py --model FOLDER     # about half an hour a run on one thread
     python benchmarks/diagnose_cola_mpnet.py --report-only
