@@ -55,7 +55,8 @@ def run(task: str, preset: str, learning_rate: float, folder: Path, overrides: d
     samples, epochs, length, seeds = TASKS[task]
     options = TrainOptions(epochs=epochs, max_train_samples=SWEEP_SAMPLES.get(task, samples), max_length=length,
                            batch_size=16, seed=seeds[0], protocol="scalearn", max_validation_samples=1000,
-                           progress=False, learning_rate=learning_rate)
+                           progress=False, learning_rate=learning_rate,
+                           head_learning_rate=learning_rate)  # as before presets set head rates (sweep_head_rate.py)
     result = train_task(task, preset, None, str(GLUE), str(folder), options, overrides or None, overwrite=True,
                         log=lambda m: None)
     petl, backbone, io, info = load_task_module(str(folder / "module"))

@@ -47,7 +47,8 @@ class Candidate(NamedTuple):
 CANDIDATES = {
     "mam_glue_head3e-3": Candidate("mam_glue", HEAD_RATE, label="`mam_glue`, head 3e-3"),
     "proprefix_head3e-3": Candidate("proprefix", HEAD_RATE, label="`proprefix`, head 3e-3"),
-    "prefix_l30_head3e-3": Candidate("prefix", HEAD_RATE, (("attn_bn", 30),), "`prefix` l=30, head 3e-3"),
+    "prefix_l30_head3e-3": Candidate("prefix", HEAD_RATE, (("attn_bn", 30),),
+                                     "`prefix` l=30, head 3e-3 (the preset `prefix_glue` since)"),
 }
 
 
@@ -116,8 +117,8 @@ def summary() -> str:
              "The reproduction grid's settings, seeds and order (benchmarks/reproduce.py); each candidate's row "
              "under its preset's own grid row (head at the method's rate). Main score x 100 on the test split, "
              "mean over the seeds (CB, COPA, WSC: 42-44; the rest 42); \"one class\": runs that predicted one "
-             "class for every test example; mean: over the seven tasks, once every seed of each has run; change: the "
-             "candidate's mean minus the grid row's.", "",
+             "class for every test example; mean: over the seven tasks, once every seed of each has run; "
+             "change: the candidate's mean minus the grid row's.", "",
              "| run | " + " | ".join(tasks) + " | mean | change |",
              "|---|" + "---:|" * (len(tasks) + 2)]
     for name, candidate in CANDIDATES.items():
