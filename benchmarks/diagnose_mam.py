@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 
 import reproduce
+import sweep_head_rate
 from unipetl.atomic import write_json_atomically
 from unipetl.bench import machine_description
 from unipetl.training import train_task
@@ -158,7 +159,7 @@ class Diagnosis(NamedTuple):
 def grid_row(task: str, method: str) -> tuple[str, Path]:
     """The grid's seed-42 cell of ``method`` as the diagnoses compared with it: where the preset's default
     changed since, its cell from before (benchmarks/sweep_head_rate.py keeps them), else the grid's own."""
-    before = Path("benchmarks/results/sweep_head_rate/runs") / f"{method}_grid_before" / task / "seed42" / "results.json"
+    before = sweep_head_rate.grid_before(method) / task / "seed42" / "results.json"
     if before.exists():
         return f"grid `{method}` (before its head rate changed)", before
     return f"grid `{method}`", reproduce.run_dir(task, method, 42) / "results.json"

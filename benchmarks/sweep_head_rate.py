@@ -100,12 +100,17 @@ def row(label: str, folder, name: str) -> tuple[str, float | None]:
     return f"| {label} | " + " | ".join(texts) + f" | {'' if mean is None else f'{mean:.2f}'} |", mean
 
 
+def grid_before(preset: str) -> Path:
+    """Where the preset's grid cells from before its default changed are kept (moved here when it did,
+    since the grid then trains the new default); <task>/seed<S>/results.json under it, as in run_dir."""
+    return RUNS / f"{preset}_grid_before"
+
+
 def baseline(preset: str) -> tuple[str, object, str]:
-    """The row a candidate is measured against: the preset's grid cells from before its default changed
-    (moved to RUNS/<preset>_grid_before when it did, since the grid then trains the new default), else
-    the grid's own."""
-    if (RUNS / f"{preset}_grid_before").is_dir():
-        return f"grid `{preset}` before (head at its rate)", run_dir, f"{preset}_grid_before"
+    """The row a candidate is measured against: the preset's grid cells from before its default
+    changed, else the grid's own."""
+    if grid_before(preset).is_dir():
+        return f"grid `{preset}` before (head at its rate)", run_dir, grid_before(preset).name
     return f"grid `{preset}`", reproduce.run_dir, preset
 
 

@@ -38,7 +38,8 @@ EXTRA = {name: fields for name, fields in EXTRA.items() if name not in PRESETS} 
 METHODS = PRESETS + list(EXTRA) + list(TRANSFER)
 
 # Tiny sizes for the presets whose paper sizes would dwarf the tiny backbones.
-SMALL = {"prefix": dict(attn_bn=5, mid_dim=12), "prefix_glue": dict(attn_bn=5, mid_dim=12), "prompt_tuning": dict(attn_bn=5),
+SMALL = {"prefix": dict(attn_bn=5, mid_dim=12), "prefix_glue": dict(attn_bn=5, mid_dim=12),
+         "prompt_tuning": dict(attn_bn=5),
          "mam": dict(attn_bn=4, ffn_bn=16, mid_dim=12), "mam_glue": dict(mid_dim=12),
          "proprefix": dict(attn_bn=5, mid_dim=12)}
 

@@ -1,10 +1,11 @@
 """Noticing a collapsed model: validation predictions that are all one class (or one value).
 
 A frozen BERT pooler, a learning rate far off for the method, prefix and prompt tuning on a short
-budget, or a task head that trains too slowly can leave a classifier predicting the majority class: the run ends with exit status 0 and a
-useless module; a regression head can do the same with about one value for every input. Two
-evaluations in a row with one predicted class (a constant or nearly one, for regression) give a
-warning with the likely causes, and results.json records it under "collapse".
+budget, or a task head that trains too slowly can leave a classifier predicting the majority class:
+the run ends with exit status 0 and a useless module; a regression head can do the same with about
+one value for every input. Two evaluations in a row with one predicted class (a constant or nearly
+one, for regression) give a warning with the likely causes, and results.json records it under
+"collapse".
 """
 
 from __future__ import annotations
