@@ -7,7 +7,8 @@ from transformers import EvalPrediction, TrainerCallback
 
 from test_run_folders import data, options  # noqa: F401 - data is a fixture
 from test_training import tiny_bert  # noqa: F401 - tiny_bert is a fixture
-from unipetl.collapse import CollapseWatch, collapsed
+from unipetl.collapse import CollapseWatch, collapsed, long_prefix, long_prefix_warning
+from unipetl.config import PetlConfig
 from unipetl.training import train_task
 
 
@@ -58,3 +59,34 @@ def test_a_run_that_collapses_says_so_and_records_it(tiny_bert, data, tmp_path, 
     assert results["test_collapse"] == "class 0"  # the test split's predictions, read apart from validation's
     assert "the model has collapsed" in capsys.readouterr().err
 
+
+
+def test_a_prefix_long_against_the_inputs_is_named_before_training():
+    short = [{"input_ids": [101, 7, 8, 102]}, {"input_ids": [101, 7, 8, 9, 10, 102]}]  # 5 tokens on average
+    prefix = PetlConfig.from_preset("prefix")  # 200 positions
+    assert long_prefix(prefix, short) == {"positions": 200, "mean_input_tokens": 5.0}
+    assert long_prefix(PetlConfig.from_preset("prefix", attn_bn=19), short) is None  # under 4 per token
+    assert long_prefix(PetlConfig.from_preset("prefix", attn_bn=20), short) is not None
+    assert long_prefix(prefix, [{"input_ids": list(range(60))}]) is None  # inputs long enough
+    assert long_prefix(PetlConfig.from_preset("lora"), short) is None
+    # a separate softmax over the prefix leaves the tokens' attention alone; a gate over both does not
+    separate = PetlConfig.from_preset("prefix", attn_option="cross_attn")
+    assert long_prefix(separate, short) is None
+    assert long_prefix(PetlConfig.from_preset("prefix", attn_option="cross_attn", attn_composition="gate_add"),
+                       short) is not None
+    # every choice of a multiple-choice example is an input of its own
+    choices = [{"input_ids": [[1] * 10, [1] * 30]}]
+    assert long_prefix(prefix, choices)["mean_input_tokens"] == 20.0
+    assert long_prefix(prefix, []) is None
+    assert "--method prefix_glue" in long_prefix_warning("cola", long_prefix(prefix, short))
+
+
+def test_a_run_with_a_long_prefix_warns_and_records_it(tiny_bert, data, tmp_path):
+    messages = []
+    results = train_task("reviews", "prefix", tiny_bert, None, str(tmp_path / "run"), options(epochs=1),
+                         overrides={"mid_dim": 8}, custom=data, log=messages.append)
+    assert results["long_prefix"]["positions"] == 200
+    assert any("the prefix has 200 positions" in m for m in messages)
+    results = train_task("reviews", "prefix_glue", tiny_bert, None, str(tmp_path / "short"), options(epochs=1),
+                         overrides={"mid_dim": 8, "attn_bn": 2}, custom=data, log=lambda m: None)
+    assert results["long_prefix"] is None

@@ -6,10 +6,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 
 import unipetl
+from test_propetl import GLUE
 from test_run_folders import data, options, train  # noqa: F401 - data is a fixture
 from test_training import run_cli, tiny_bert  # noqa: F401 - tiny_bert is a fixture
 from tiny_models import tiny_model
 from unipetl.errors import ConfigError
+from unipetl.multitask import MultiTaskModel, share_backbone
 from unipetl.presets import default_head_learning_rate
 from unipetl.training import train_multitask
 
@@ -43,16 +45,48 @@ def test_training_moves_the_head_at_its_rate_and_the_method_at_its_own(tiny_bert
     assert max(trained[n].abs().max() for n in deltas) < 1e-6  # at 1e-9 a step
 
 
-def test_a_head_rate_that_is_not_positive_or_with_multitask_is_refused(tiny_bert, data, tmp_path, capsys):
+def test_a_head_rate_that_is_not_positive_is_refused(tiny_bert, data, tmp_path, capsys):
     code = run_cli("train", "--train-file", data["train_file"], "--text-columns", "review", "--label-column", "stars",
                    "--model", tiny_bert, "--max-steps", 1, "--no-progress", "--output-dir", tmp_path / "run",
                    "--head-learning-rate", "0")
     assert code == 2 and "--head-learning-rate=0.0 must be positive" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
-    with pytest.raises(ConfigError, match="--head-learning-rate is for single-task training"):
+    with pytest.raises(ConfigError, match="--head-learning-rate=-0.001 must be positive"):
         train_multitask(["rte", "mrpc"], "lora", tiny_bert, None, str(tmp_path / "multi"),
-                        options(head_learning_rate=1e-3))
+                        options(head_learning_rate=-1e-3))
     assert not (tmp_path / "multi").exists()
+
+
+def test_multitask_heads_are_one_group_at_the_head_rate():
+    """Every task's head and the shared trained pooler at the head's rate; the method's parameters keep theirs."""
+    models = [tiny_model("bert", num_labels=3), tiny_model("bert", num_labels=2, seed=5)]
+    share_backbone(models)
+    petl = unipetl.PetlModel(models[0], unipetl.PetlConfig.from_preset("prolora"), tasks=["cb", "rte"])
+    joint = MultiTaskModel(petl, ["cb", "rte"], models)
+    heads = {id(p) for p in joint.heads.parameters()} | {id(p) for p in petl.head_parameters().values()}
+    assert any(".pooler." in name for name in petl.head_names)
+    plain = joint.parameter_groups(1e-3, 0.01)
+    groups = joint.parameter_groups(1e-3, 0.01, head_learning_rate=5e-2)
+    trainable = {id(p) for p in joint.parameters() if p.requires_grad}
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(trainable)  # each parameter once
+    assert {id(p) for g in groups if g["lr"] == 5e-2 for p in g["params"]} == heads
+    assert {id(p) for p in models[1].classifier.parameters()} <= heads  # the second task's head too
+    rates = {id(p): (g["lr"], g["weight_decay"]) for g in plain for p in g["params"]}
+    assert all(rates[id(p)] == (g["lr"], g["weight_decay"]) for g in groups for p in g["params"] if id(p) not in heads)
+
+
+def test_multitask_runs_take_the_presets_head_rate_and_the_option(tiny_bert, tmp_path, monkeypatch):
+    asked = []  # the head rate the trainer's optimizer asked the joint model's groups for
+    groups = MultiTaskModel.parameter_groups
+    monkeypatch.setattr(MultiTaskModel, "parameter_groups",
+                        lambda self, lr, wd, head_learning_rate=None: asked.append(head_learning_rate)
+                        or groups(self, lr, wd, head_learning_rate))
+    for method, head_rate, expected in (("mam_glue", None, 3e-3), ("lora", 2e-3, 2e-3), ("lora", None, None)):
+        results = train_multitask(["cb", "copa"], method, tiny_bert, str(GLUE), str(tmp_path / f"{method}{head_rate}"),
+                                  options(max_steps=1, max_train_samples=8, head_learning_rate=head_rate),
+                                  log=lambda m: None)
+        assert results["options"]["head_learning_rate"] == expected  # recorded as it trained
+        assert asked.pop() == expected
 
 
 class GroupRates(TrainerCallback):

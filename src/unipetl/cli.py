@@ -493,7 +493,7 @@ def cmd_methods(args) -> int:
     print("\nlearning rate: the default of `unipetl train --learning-rate`; diffprune's is its L0 stage's diff rate "
           "(gates and the fixed-mask stage have their own: gate_learning_rate, fixmask_learning_rate)\n"
           "head rate: the default of --head-learning-rate for the task head and a trained pooler (-: the learning "
-          "rate); multi-task runs train every head at the learning rate")
+          "rate), in single-task and multi-task runs (there for every task's head)")
     return 0
 
 

@@ -219,14 +219,15 @@ class PetlModel(nn.Module):
 
     # ================================================================= training hooks
     def parameter_groups(self, learning_rate: float, weight_decay: float, named_parameters=None,
-                         head_learning_rate: float | None = None) -> list[dict]:
+                         head_learning_rate: float | None = None, heads=None) -> list[dict]:
         """Optimizer groups: biases, LayerNorm weights and scalars without weight decay, the rest with it;
         a method's rules (mask scores, gate logits) give its parameters their own rate (first match wins).
         ``named_parameters``: of a model that holds this one (multi-task), default this model's.
-        ``head_learning_rate``: the task head's (and a trained pooler's) rate, default ``learning_rate``."""
+        ``head_learning_rate``: the rate of the task head (and a trained pooler), default ``learning_rate``;
+        ``heads``: that model's head parameters beside this model's own (multi-task: every task's head)."""
         rules = [rule for plugin in self.plugins for rule in plugin.optimizer_rules()]
         if head_learning_rate is not None:
-            head = {id(param) for param in self.head_parameters().values()}
+            head = {id(param) for param in [*self.head_parameters().values(), *(heads or [])]}
             rules.insert(0, (lambda name, param: id(param) in head, {"lr": head_learning_rate}))
         groups: dict[tuple[float, float], list[nn.Parameter]] = {}
         for name, param in (named_parameters if named_parameters is not None else self.named_parameters()):

@@ -47,8 +47,12 @@ class MultiTaskModel(nn.Module):
         self.petl.set_task(name)
         return self.petl.forward_on(self._task_models[name], **inputs)
 
-    def parameter_groups(self, learning_rate: float, weight_decay: float) -> list[dict]:
-        return self.petl.parameter_groups(learning_rate, weight_decay, self.named_parameters())
+    def parameter_groups(self, learning_rate: float, weight_decay: float,
+                         head_learning_rate: float | None = None) -> list[dict]:
+        """The method's groups over every task; with ``head_learning_rate``, every task's head (and the
+        shared trained pooler) at that rate."""
+        return self.petl.parameter_groups(learning_rate, weight_decay, self.named_parameters(), head_learning_rate,
+                                          heads=list(self.heads.parameters()))
 
     def extra_loss(self):
         return self.petl.extra_loss()

@@ -23,7 +23,7 @@ from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingA
 
 from .backbone import Backbone, load_backbone
 from .collapse import KINDS as COLLAPSE_KINDS
-from .collapse import CollapseWatch, collapsed
+from .collapse import CollapseWatch, collapsed, long_prefix, long_prefix_warning
 from .config import PetlConfig
 from .encoding import collator_for, encode
 from .errors import ConfigError, DataError
@@ -89,11 +89,8 @@ class PetlTrainer(Seq2SeqTrainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             petl = self.accelerator.unwrap_model(self.model)
-            # a multi-task model's groups take no head rate (train_multitask refuses one)
-            groups = (petl.parameter_groups(self.args.learning_rate, self.args.weight_decay)
-                      if self.head_learning_rate is None else
-                      petl.parameter_groups(self.args.learning_rate, self.args.weight_decay,
-                                            head_learning_rate=self.head_learning_rate))
+            groups = petl.parameter_groups(self.args.learning_rate, self.args.weight_decay,
+                                           head_learning_rate=self.head_learning_rate)
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, petl)
             self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
@@ -386,7 +383,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
 
     with RunFolder(out, resume, overwrite, arguments) as run:
         work = run.work
-        stage_results = {}
+        stage_results, prefix_note = {}, None  # staged methods (diff pruning) add no prefix
         if len(petl.training_stages()) > 1:  # not resumable: the stages run in one go
             start = time.perf_counter()
             trainer, encoded, stage_results = train_in_stages(petl, backbone, io, options, work, learning_rate,
@@ -394,6 +391,9 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             train_seconds = time.perf_counter() - start
         else:
             trainer, encoded = build_trainer(petl, backbone, io, options, work, learning_rate)
+            prefix_note = long_prefix(config, encoded["train"])
+            if prefix_note and trainer.is_world_process_zero():
+                log(long_prefix_warning(io.name, prefix_note))
             for callback in callbacks or []:
                 trainer.add_callback(callback)
             report = petl.report()
@@ -431,6 +431,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             "collapse": trainer.collapse_watch.record if trainer.collapse_watch else None,
             # what every test prediction was, when they were all one class or one value (else null)
             "test_collapse": test_collapse.get("test"),
+            "long_prefix": prefix_note,  # a prefix of 4 or more positions per input token (null otherwise)
             "validation_history": history,
             "regression_bias_start": bias_start,  # the head's output bias before training (None: transformers' 0)
         }
@@ -559,8 +560,6 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     options.validate()
     if len(set(tasks)) < 2:
         raise ConfigError(f"multi-task training needs at least two different tasks, got {tasks}")
-    if options.head_learning_rate is not None:  # each task's head is its own module there, under other names
-        raise ConfigError("--head-learning-rate is for single-task training; multi-task heads train at --learning-rate")
     config = PetlConfig.from_preset(method, **(overrides or {}))
     single = [cls for cls in methods_for(config) if not cls.multitask]
     if single:
@@ -574,6 +573,8 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     arguments = run_arguments(tasks=list(tasks), method=method, model=model, data_dir=data_dir, options=asdict(options),
                               overrides=overrides or {}, temperature=temperature)
     check_output_dir(out, resume, overwrite, arguments)
+    if options.head_learning_rate is None:  # the preset's own head rate, as train_task (results.json records it)
+        options = replace(options, head_learning_rate=default_head_learning_rate(config.preset))
     splits = {s.name: make_splits(s, data_dir, options.protocol, options.seed, options.max_train_samples,
                                   options.max_validation_samples) for s in specs}
     for name, task_splits in splits.items():
@@ -604,13 +605,15 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
         trainer = PetlTrainer(model=joint, args=args, train_dataset=concat_tagged(train_sets),
                               eval_dataset=TaggedDataset(encoded[specs[0].name]["validation"], 0),
                               data_collator=TaskTaggedCollator([collator_for(b.mode, b.tokenizer) for b in backbones]))
+        trainer.head_learning_rate = options.head_learning_rate
         trainer.task_batch_sampler = TaskBatchSampler([len(d) for d in train_sets], options.batch_size, temperature, options.seed)
         trainer.task_evals = [(s.name, TaggedDataset(encoded[s.name]["validation"], i),
                                metrics_function(s, b.mode, b.tokenizer, splits[s.name]["validation"]))
                               for i, (s, b) in enumerate(zip(specs, backbones))]
         if trainer.is_world_process_zero():
             log(f"multi-task {', '.join(s.name for s in specs)}: {config.preset}, temperature {temperature}, "
-                f"train sizes {[len(d) for d in train_sets]}, lr {learning_rate:g}")
+                f"train sizes {[len(d) for d in train_sets]}, lr {learning_rate:g}"
+                + (f" (heads {options.head_learning_rate:g})" if options.head_learning_rate else ""))
         train_seconds = resume_and_train(trainer, work, resume, log)
         test_metrics = {}
         for i, (s, b) in enumerate(zip(specs, backbones)):  # every process takes part in prediction
