@@ -59,6 +59,23 @@ VARIANTS[f"mam's prefix alone, head lr {HEAD_RATE:g}"] = Variant(
     "mam", ("cola",), head_learning_rate=HEAD_RATE, overrides=(("ffn_mode", "none"), ("ffn_option", "none")))
 VARIANTS[f"mam's FFN adapter alone, head lr {HEAD_RATE:g}"] = Variant(
     "mam", ("cola",), head_learning_rate=HEAD_RATE, overrides=(("attn_mode", "none"), ("attn_option", "none")))
+# `prompt_tuning` (200 prompts, He et al.'s summarisation length) and `proprefix` (64 positions) keep class 1
+# with the faster head too: is it their length against CoLA's 12-token sentences, as for `prefix`?
+# Lester et al.'s prompt lengths 20 and 100 (their default); ProPrefix with prefix_glue's 30 positions.
+VARIANTS |= {f"prompt_tuning l={n}": Variant("prompt_tuning", ("cola",), overrides=(("attn_bn", n),)) for n in (20, 100)}
+VARIANTS |= {f"proprefix l=30{extra}": Variant("proprefix", ("cola",), head_learning_rate=rate, overrides=(("attn_bn", 30),))
+             for extra, rate in (("", None), (f", head lr {HEAD_RATE:g}", HEAD_RATE))}
+# proprefix's both classes at MCC -2.07 with the faster head: a second seed says whether that is chance
+VARIANTS[f"proprefix, head lr {HEAD_RATE:g}, seed 43"] = Variant("proprefix", ("cola",), head_learning_rate=HEAD_RATE, seed=43)
+# None of the lengths above leaves class 1 for `prompt_tuning` or `proprefix`: is it the grid's 2 epochs?
+# Three times the budget (6 epochs; ProPETL's paper trains CoLA for 20) for each method still at class 1,
+# with the head at 3e-3 (`prompt_tuning` at 20 prompts: 200 take 40-70 minutes a run here).
+VARIANTS |= {f"{name}, 6 epochs": Variant(preset, ("cola",), epochs_factor=3.0, head_learning_rate=HEAD_RATE,
+                                          overrides=overrides)
+             for name, preset, overrides in ((f"prefix, head lr {HEAD_RATE:g}", "prefix", ()),
+                                             (f"proprefix, head lr {HEAD_RATE:g}", "proprefix", ()),
+                                             ("prompt_tuning l=20", "prompt_tuning", (("attn_bn", 20),)),
+                                             (f"mam, head lr {HEAD_RATE:g}", "mam", ()))}
 COLA = Diagnosis(VARIANTS, ("cola", "sst2", "stsb"), PREFIX_FAMILY + ("parallel",),
                  Path("benchmarks/results/diagnose_cola"), "python benchmarks/diagnose_cola.py")
 
