@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import unipetl
-from tiny_models import CONTRACT_FAMILIES, logits, tiny_batch, tiny_model
+from tiny_models import CONTRACT_FAMILIES, SMALL_PRESET_SIZES as SMALL, logits, tiny_batch, tiny_model
 from unipetl import PetlConfig
 from unipetl.errors import ConfigError, ModuleFormatError
 from unipetl.presets import TRANSFER_PRESETS
@@ -36,12 +36,6 @@ PRESETS = unipetl.list_presets()  # the presets that attach to a backbone alone
 EXTRA = {"ffn_lora": dict(ffn_mode="lora", ffn_bn=4)}  # design points without a preset (yet): PetlConfig fields
 EXTRA = {name: fields for name, fields in EXTRA.items() if name not in PRESETS}  # a preset of the name takes over
 METHODS = PRESETS + list(EXTRA) + list(TRANSFER)
-
-# Tiny sizes for the presets whose paper sizes would dwarf the tiny backbones.
-SMALL = {"prefix": dict(attn_bn=5, mid_dim=12), "prefix_glue": dict(attn_bn=5, mid_dim=12),
-         "prompt_tuning": dict(attn_bn=5),
-         "mam": dict(attn_bn=4, ffn_bn=16, mid_dim=12), "mam_glue": dict(mid_dim=12),
-         "proprefix": dict(attn_bn=5, mid_dim=12)}
 
 # What each method claims. merges: merge() folds the change into the backbone's weights (after `prepare`:
 # diff pruning merges its projected sparse diff, ProLoRA its frozen masks). identity_at_init: the change is

@@ -11,12 +11,9 @@ import pytest
 import torch
 
 import unipetl
-from tiny_models import CAUSAL, HEADS, tiny_model
+from tiny_models import CAUSAL, HEADS, SMALL_PRESET_SIZES as SMALL, tiny_model
 from unipetl import PetlConfig
 
-SMALL = {"prefix": dict(attn_bn=5, mid_dim=12), "prompt_tuning": dict(attn_bn=5), "proprefix": dict(attn_bn=5, mid_dim=12),
-         "mam": dict(attn_bn=4, ffn_bn=16, mid_dim=12), "mam_glue": dict(mid_dim=12),
-         "prefix_glue": dict(attn_bn=5, mid_dim=12)}
 GENERATING = ("lora", "pfeiffer", "houlsby", "parallel", "prefix", "prompt_tuning", "mam", "proadapter", "prolora",
               "proprefix", "diffprune")
 PROMPT = torch.tensor([[5, 9, 13, 40, 7], [8, 21, 3, 66, 12]])

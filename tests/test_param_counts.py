@@ -7,12 +7,10 @@ out biases and layer norms; the formulas here add those terms explicitly.
 import pytest
 
 import unipetl
-from tiny_models import FAMILIES, FFN, HIDDEN, LAYERS, tiny_model
+from tiny_models import FAMILIES, FFN, HIDDEN, LAYERS, SMALL_PRESET_SIZES as SMALL, tiny_model
 from unipetl import PetlConfig
 
 d, f, L = HIDDEN, FFN, LAYERS
-SMALL = {"prefix": dict(attn_bn=5, mid_dim=12), "prefix_glue": dict(attn_bn=5, mid_dim=12),
-         "prompt_tuning": dict(attn_bn=5), "mam": dict(attn_bn=4, ffn_bn=16, mid_dim=12), "mam_glue": dict(mid_dim=12), "proprefix": dict(attn_bn=5, mid_dim=12)}
 
 
 def sublayer_counts(family):

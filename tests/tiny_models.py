@@ -13,6 +13,11 @@ SEQ2SEQ = ("t5", "bart", "mt5", "mbart", "t5v11")
 # Decoder-only language models (causal-LM head): grouped-query attention (2 key/value heads for 4 query heads).
 CAUSAL = ("llama", "qwen2", "mistral", "qwen3", "gpt2")
 HIDDEN, LAYERS, HEADS, FFN, VOCAB = 32, 2, 4, 64, 120
+# Presets whose defaults are sized for real models (200 prefix positions through an 800-wide MLP, a
+# 512-wide adapter), cut down for the tiny ones; every other preset runs as it is.
+SMALL_PRESET_SIZES = {"prefix": dict(attn_bn=5, mid_dim=12), "prefix_glue": dict(attn_bn=5, mid_dim=12),
+                      "prompt_tuning": dict(attn_bn=5), "mam": dict(attn_bn=4, ffn_bn=16, mid_dim=12),
+                      "mam_glue": dict(mid_dim=12), "proprefix": dict(attn_bn=5, mid_dim=12)}
 
 
 def _t5_sizes():
