@@ -14,6 +14,9 @@ frozen MiniLM's [CLS] state reaches an MCC under 10; about 70 % of the sentences
 without), since a default must not trade one task for another, and with a milder head at 1e-3; `mam`,
 which keeps one class with the faster head, also trains at 3e-4 instead of its 1e-4, and each of its
 parts alone (its 30-position prefix, its r = 512 scaled parallel adapter) at 1e-4 with the faster head.
+For the four left at class 1 (`prefix`, `mam`, `prompt_tuning`, `proprefix`): shorter modules (20 and 100
+prompts, ProPrefix with 30 positions), a second seed of ProPrefix's faster head, and three times the
+grid's budget (6 epochs) with the head at 3e-3.
 
 Seed 42 unless the run's name gives another; benchmarks/reproduce.py's settings for each task; every
 epoch's validation score is recorded.
