@@ -79,6 +79,8 @@ VARIANTS |= {f"{name}, 6 epochs": Variant(preset, ("cola",), epochs_factor=3.0, 
                                              (f"proprefix, head lr {HEAD_RATE:g}", "proprefix", ()),
                                              ("prompt_tuning l=20", "prompt_tuning", (("attn_bn", 20),)),
                                              (f"mam, head lr {HEAD_RATE:g}", "mam", ()))}
+# `mam` learns CoLA in 6 epochs with the faster head: does the budget alone do it, at the preset's own rate?
+VARIANTS["mam, 6 epochs"] = Variant("mam", ("cola",), epochs_factor=3.0)
 COLA = Diagnosis(VARIANTS, ("cola", "sst2", "stsb"), PREFIX_FAMILY + ("parallel",),
                  Path("benchmarks/results/diagnose_cola"), "python benchmarks/diagnose_cola.py")
 

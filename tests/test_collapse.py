@@ -60,7 +60,6 @@ def test_a_run_that_collapses_says_so_and_records_it(tiny_bert, data, tmp_path, 
     assert "the model has collapsed" in capsys.readouterr().err
 
 
-
 def test_a_prefix_long_against_the_inputs_is_named_before_training():
     short = [{"input_ids": [101, 7, 8, 102]}, {"input_ids": [101, 7, 8, 9, 10, 102]}]  # 5 tokens on average
     prefix = PetlConfig.from_preset("prefix")  # 200 positions

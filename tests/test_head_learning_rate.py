@@ -75,6 +75,7 @@ def test_multitask_heads_are_one_group_at_the_head_rate():
     assert all(rates[id(p)] == (g["lr"], g["weight_decay"]) for g in groups for p in g["params"] if id(p) not in heads)
 
 
+@pytest.mark.skipif(not GLUE.is_dir(), reason=f"GLUE data directory not available: {GLUE}")
 def test_multitask_runs_take_the_presets_head_rate_and_the_option(tiny_bert, tmp_path, monkeypatch):
     asked = []  # the head rate the trainer's optimizer asked the joint model's groups for
     groups = MultiTaskModel.parameter_groups
