@@ -16,11 +16,13 @@ import sys
 import numpy as np
 
 KINDS = ("classification", "regression", "multiple_choice")  # a head whose outputs are scores or a value
-# The last two were measured on CoLA (benchmarks/diagnose_cola.py): at the prefix family's slow rates the
-# head stays at the majority class, and 200 prefix positions hide a short sentence from [CLS].
+# Measured on CoLA (benchmarks/diagnose_cola.py): MAM (1e-4, 28 % of MiniLM) leaves the majority class only
+# after its third epoch; at the prefix family's slow rates the head stays at the majority class; and 200
+# prefix positions hide a short sentence from [CLS].
 LIKELY_CAUSES = ("a frozen pooler under a BERT-family classifier (--set train_pooler=false), a learning rate "
                  "too high or too low for the method (--learning-rate), too short a budget for prefix or prompt "
-                 "tuning (more --epochs), for regression a head whose bias started at 0 (--zero-regression-bias), "
+                 "tuning or MAM (more --epochs), for regression a head whose bias started at 0 "
+                 "(--zero-regression-bias), "
                  "a head too slow to leave the majority class (--head-learning-rate, e.g. 3e-3 for prefix "
                  "methods), or a prefix much longer than the inputs (--method prefix_glue, or --set attn_bn=30)")
 
