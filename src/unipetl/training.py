@@ -168,6 +168,14 @@ def with_task_defaults(options: TrainOptions, io: TaskIO) -> TrainOptions:
     return replace(options, **{k: v for k, v in defaults.items() if getattr(options, k) is None})
 
 
+def with_preset_head_rate(options: TrainOptions, preset: str | None) -> TrainOptions:
+    """``options`` with the preset's own head rate where none was given and the preset sets one, so that
+    results.json records the rate the head trained at (single-task and multi-task runs alike)."""
+    if options.head_learning_rate is not None:
+        return options
+    return replace(options, head_learning_rate=default_head_learning_rate(preset))
+
+
 def training_arguments(options: TrainOptions, output_dir: Path, learning_rate: float, train_size: int,
                        task_arguments: dict | None = None, select_best: bool = True) -> Seq2SeqTrainingArguments:
     """``task_arguments``: the task type's own settings (generation, label smoothing; TaskIO.trainer_arguments).
@@ -374,8 +382,7 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
     else:
         petl = get_petl_model(backbone.model, config, fast_cpu_dropout=options.fast_cpu_dropout)
     learning_rate = options.learning_rate or default_learning_rate(config.preset)
-    if options.head_learning_rate is None:  # the preset's own head rate, where it sets one (results.json records it)
-        options = replace(options, head_learning_rate=default_head_learning_rate(config.preset))
+    options = with_preset_head_rate(options, config.preset)
     bias_start = (start_at_label_mean(backbone.model, splits["train"])
                   if options.regression_bias_at_mean and io.kind == "regression" else None)
     check_max_length(backbone.model, options.max_length, io,
@@ -573,8 +580,7 @@ def train_multitask(tasks: list[str], method: str = "pfeiffer", model: str | Non
     arguments = run_arguments(tasks=list(tasks), method=method, model=model, data_dir=data_dir, options=asdict(options),
                               overrides=overrides or {}, temperature=temperature)
     check_output_dir(out, resume, overwrite, arguments)
-    if options.head_learning_rate is None:  # the preset's own head rate, as train_task (results.json records it)
-        options = replace(options, head_learning_rate=default_head_learning_rate(config.preset))
+    options = with_preset_head_rate(options, config.preset)
     splits = {s.name: make_splits(s, data_dir, options.protocol, options.seed, options.max_train_samples,
                                   options.max_validation_samples) for s in specs}
     for name, task_splits in splits.items():
