@@ -16,7 +16,8 @@ which keeps one class with the faster head, also trains at 3e-4 instead of its 1
 parts alone (its 30-position prefix, its r = 512 scaled parallel adapter) at 1e-4 with the faster head.
 For the four left at class 1 (`prefix`, `mam`, `prompt_tuning`, `proprefix`): shorter modules (20 and 100
 prompts, ProPrefix with 30 positions), a second seed of ProPrefix's faster head, and three times the
-grid's budget (6 epochs) with the head at 3e-3.
+grid's budget (6 epochs) with the head at 3e-3; for `prefix` and `proprefix`, still at class 1 then, their
+papers' budgets (He et al.: 10 epochs on GLUE; ProPETL: 20 on CoLA).
 
 Seed 42 unless the run's name gives another; benchmarks/reproduce.py's settings for each task; every
 epoch's validation score is recorded.
@@ -25,7 +26,8 @@ epoch's validation score is recorded.
     python benchmarks/diagnose_cola.py --report-only
 
 Each run's results.json is kept in benchmarks/results/diagnose_cola/<task>/<variant>/ (the module is
-not); finished runs are skipped. The table, with the grid's own seed-42 cells beside it, goes to
+not); finished runs are skipped. The 10- and 20-epoch runs also keep what they printed (train.log: the
+Trainer's loss every 50 steps). The table, with the grid's own seed-42 cells beside it, goes to
 benchmarks/results/diagnose_cola/summary.md.
 """
 
@@ -81,6 +83,11 @@ VARIANTS |= {f"{name}, 6 epochs": Variant(preset, ("cola",), epochs_factor=3.0, 
                                              (f"mam, head lr {HEAD_RATE:g}", "mam", ()))}
 # `mam` learns CoLA in 6 epochs with the faster head: does the budget alone do it, at the preset's own rate?
 VARIANTS["mam, 6 epochs"] = Variant("mam", ("cola",), epochs_factor=3.0)
+# `prefix` and `proprefix` keep class 1 at 6 epochs too: at their papers' own budgets? He et al. train GLUE
+# tasks for 10 epochs, ProPETL trains CoLA for 20 (with the head at 3e-3, as the 6-epoch runs).
+VARIANTS |= {f"{preset}, head lr {HEAD_RATE:g}, {epochs} epochs": Variant(preset, ("cola",), epochs_factor=epochs / 2,
+                                                                         head_learning_rate=HEAD_RATE)
+             for preset, epochs in (("prefix", 10), ("proprefix", 20))}
 COLA = Diagnosis(VARIANTS, ("cola", "sst2", "stsb"), PREFIX_FAMILY + ("parallel",),
                  Path("benchmarks/results/diagnose_cola"), "python benchmarks/diagnose_cola.py")
 
