@@ -12,6 +12,8 @@ one, for regression) give a warning with the likely causes, and results.json rec
 from __future__ import annotations
 
 import sys
+from collections import Counter
+from typing import Callable
 
 import numpy as np
 
@@ -55,6 +57,46 @@ def collapsed(predictions, kind: str, labels=None) -> str | None:
         return None
     classes = np.unique(scores.argmax(-1))
     return f"class {int(classes[0])}" if classes.size == 1 else None
+
+
+# A training loss less than this fraction below what the labels' shares alone give: nothing learned from
+# the inputs yet. The Trainer logs its loss as a mean over 50 steps; on CoLA, where `prefix` and `proprefix`
+# learned nothing in 10 and 20 epochs, the epochs' means were 0.607 to 0.620 against the shares' 0.607
+# (benchmarks/results/diagnose_cola/cola/*-epochs/train.log).
+NOTHING_LEARNED_MARGIN = 0.02
+
+
+def class_share_loss(kind: str, labels) -> float | None:
+    """The training loss of a model that ignores its inputs and predicts only the labels' shares: their
+    entropy (cross-entropy over classes or choices), or for regression their variance (mean squared
+    error, about the mean). None for other kinds or fewer than two labels."""
+    if kind not in KINDS or len(labels) < 2:
+        return None
+    if kind == "regression":
+        return float(np.var(np.asarray(labels, dtype=np.float64)))
+    shares = np.array(list(Counter(labels).values()), dtype=np.float64) / len(labels)
+    return float(-(shares * np.log(shares)).sum())
+
+
+def train_loss_since_last_evaluation(log_history: list[dict]) -> float | None:
+    """The mean of the training losses a Trainer logged after its latest evaluation (None: none logged)."""
+    losses = []
+    for entry in reversed(log_history):
+        if any(key.startswith("eval_") for key in entry):
+            break
+        if "loss" in entry:
+            losses.append(float(entry["loss"]))
+    return float(np.mean(losses)) if losses else None
+
+
+def learning_note(train_loss: float, reference: float) -> str:
+    """What the training loss says about a collapsed run, against the labels' shares' loss."""
+    if train_loss < reference * (1 - NOTHING_LEARNED_MARGIN):
+        return (f"The training loss ({train_loss:.4g}) is below what predicting the labels' shares alone gives "
+                f"({reference:.4g}): the model learns from the training inputs, but its validation predictions "
+                "do not show it yet.")
+    return (f"The training loss ({train_loss:.4g}) is no lower than what predicting the labels' shares alone "
+            f"gives ({reference:.4g}): the model has learned nothing from the inputs yet.")
 
 
 # A prefix (concatenated, or gated by one softmax with the tokens) shares every attention with the input.
@@ -102,11 +144,16 @@ def long_prefix_warning(task: str, record: dict) -> str:
 
 
 class CollapseWatch:
-    """Wraps a trainer's compute_metrics; ``record`` is set at the second collapsed evaluation in a row."""
+    """Wraps a trainer's compute_metrics; ``record`` is set at the second collapsed evaluation in a row.
 
-    def __init__(self, kind: str, task: str, log=None):
+    ``reference_loss`` (the class shares' loss on the training labels) and ``recent_train_loss`` (the
+    training loss since the previous evaluation) let the warning say whether the model learned anything."""
+
+    def __init__(self, kind: str, task: str, log=None, reference_loss: float | None = None,
+                 recent_train_loss: Callable[[], float | None] | None = None):
         self.kind, self.task = kind, task
         self.log = log or (lambda message: print(message, file=sys.stderr))
+        self.reference_loss, self.recent_train_loss = reference_loss, recent_train_loss
         self.in_a_row, self.evaluations, self.record = 0, 0, None
 
     def wrap(self, compute):
@@ -123,5 +170,10 @@ class CollapseWatch:
         self.in_a_row = self.in_a_row + 1 if what is not None else 0
         if self.in_a_row >= 2 and self.record is None:
             self.record = {"predicted": what, "evaluation": self.evaluations, "likely_causes": LIKELY_CAUSES}
+            train_loss = self.recent_train_loss() if self.recent_train_loss else None
+            note = ""
+            if train_loss is not None and self.reference_loss:
+                self.record |= {"train_loss": round(train_loss, 4), "class_share_loss": round(self.reference_loss, 4)}
+                note = " " + learning_note(train_loss, self.reference_loss)
             self.log(f"warning: {self.task}: every validation prediction was {what} at {self.in_a_row} evaluations "
-                     f"in a row: the model has collapsed. Likely causes: {LIKELY_CAUSES}")
+                     f"in a row: the model has collapsed.{note} Likely causes: {LIKELY_CAUSES}")

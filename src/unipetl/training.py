@@ -23,7 +23,8 @@ from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingA
 
 from .backbone import Backbone, load_backbone
 from .collapse import KINDS as COLLAPSE_KINDS
-from .collapse import CollapseWatch, collapsed, long_prefix, long_prefix_warning
+from .collapse import (CollapseWatch, class_share_loss, collapsed, long_prefix, long_prefix_warning,
+                       train_loss_since_last_evaluation)
 from .config import PetlConfig
 from .encoding import collator_for, encode
 from .errors import ConfigError, DataError
@@ -217,7 +218,9 @@ def build_trainer(petl: PetlModel, backbone: Backbone, io: TaskIO, options: Trai
     trainer.head_learning_rate = options.head_learning_rate
     trainer.collapse_watch = None
     if io.kind in COLLAPSE_KINDS and backbone.mode != "text_to_text":  # a head of scores or values
-        trainer.collapse_watch = CollapseWatch(io.kind, io.name)
+        trainer.collapse_watch = CollapseWatch(
+            io.kind, io.name, reference_loss=class_share_loss(io.kind, [e.label for e in io.splits["train"]]),
+            recent_train_loss=lambda: train_loss_since_last_evaluation(trainer.state.log_history))
         trainer.compute_metrics = trainer.collapse_watch.wrap(trainer.compute_metrics)
     return trainer, encoded
 
@@ -280,9 +283,18 @@ def start_at_label_mean(model: torch.nn.Module, examples: list) -> float | None:
 
 def validation_history(trainer) -> list[dict]:
     """The task's metrics at each evaluation during training (for staged methods, the last stage's),
-    with the epoch and step: whether a run was still improving when its budget ended."""
-    return [{"epoch": entry.get("epoch"), "step": entry.get("step"), **task_metrics(entry, "eval_")}
-            for entry in trainer.state.log_history if any(key.startswith("eval_") for key in entry)]
+    with the epoch and step: whether a run was still improving when its budget ended. Each entry also
+    has the validation loss and the mean training loss logged since the evaluation before (None where
+    none was logged), which tell a model that learned nothing from one whose predictions lag."""
+    history, seen = [], []
+    for entry in trainer.state.log_history:
+        if not any(key.startswith("eval_") for key in entry):
+            seen.append(entry)
+            continue
+        history.append({"epoch": entry.get("epoch"), "step": entry.get("step"), **task_metrics(entry, "eval_"),
+                        "validation_loss": entry.get("eval_loss"), "train_loss": train_loss_since_last_evaluation(seen)})
+        seen = []
+    return history
 
 
 def full_model_bytes(model: torch.nn.Module) -> int:
@@ -440,6 +452,8 @@ def train_task(task: str, method: str = "lora", model: str | None = None, data_d
             "test_collapse": test_collapse.get("test"),
             "long_prefix": prefix_note,  # a prefix of 4 or more positions per input token (null otherwise)
             "validation_history": history,
+            # the training loss of predicting the labels' shares alone, the mark for the history's train_loss
+            "class_share_loss": trainer.collapse_watch.reference_loss if trainer.collapse_watch else None,
             "regression_bias_start": bias_start,  # the head's output bias before training (None: transformers' 0)
         }
         write_json_atomically(work / RESULTS_FILE, results)
