@@ -122,8 +122,8 @@ class Diagnosis(NamedTuple):
                 "Seed 42 (unless the run's name gives another) with benchmarks/reproduce.py's settings for each task "
                 "(length 64, batch 16, ScaLearn's split protocol). Main score x 100 on the test split (the official "
                 "dev set), and on the validation split at each epoch (recorded by runs trained since results.json has `validation_history`), "
-                "with the epoch's mean training loss where the run recorded it (against `class_share_loss`, what predicting "
-                "the labels' shares alone gives: 0.607 on CoLA). Bias start: "
+                "with the epoch's mean training loss where the run recorded it (against its results.json's `class_share_loss`, "
+                "what predicting the labels' shares alone gives). Bias start: "
                 "a regression head's output bias before training (0: transformers' default; the grid's STS-B runs "
                 "trained before the label-mean default show 0). \"class 1 for all\": the run predicted that class "
                 "for every test example.", "",

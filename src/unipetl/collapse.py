@@ -78,11 +78,16 @@ def class_share_loss(kind: str, labels) -> float | None:
     return float(-(shares * np.log(shares)).sum())
 
 
+def is_evaluation(entry: dict) -> bool:
+    """Whether an entry of a Trainer's log history is an evaluation's (its keys start with eval_)."""
+    return any(key.startswith("eval_") for key in entry)
+
+
 def train_loss_since_last_evaluation(log_history: list[dict]) -> float | None:
     """The mean of the training losses a Trainer logged after its latest evaluation (None: none logged)."""
     losses = []
     for entry in reversed(log_history):
-        if any(key.startswith("eval_") for key in entry):
+        if is_evaluation(entry):
             break
         if "loss" in entry:
             losses.append(float(entry["loss"]))

@@ -23,7 +23,7 @@ from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingA
 
 from .backbone import Backbone, load_backbone
 from .collapse import KINDS as COLLAPSE_KINDS
-from .collapse import (CollapseWatch, class_share_loss, collapsed, long_prefix, long_prefix_warning,
+from .collapse import (CollapseWatch, class_share_loss, collapsed, is_evaluation, long_prefix, long_prefix_warning,
                        train_loss_since_last_evaluation)
 from .config import PetlConfig
 from .encoding import collator_for, encode
@@ -288,7 +288,7 @@ def validation_history(trainer) -> list[dict]:
     none was logged), which tell a model that learned nothing from one whose predictions lag."""
     history, seen = [], []
     for entry in trainer.state.log_history:
-        if not any(key.startswith("eval_") for key in entry):
+        if not is_evaluation(entry):
             seen.append(entry)
             continue
         history.append({"epoch": entry.get("epoch"), "step": entry.get("step"), **task_metrics(entry, "eval_"),
